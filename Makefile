@@ -1,0 +1,32 @@
+# Two set-up commands for a fresh machine: `make run` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?=
+PROFILE ?= quick
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export PREFECT_HOME ?= $(CURDIR)/.forge/prefect
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agent-forge run --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/cognate.py
+
+clean:
+	rm -rf .forge

@@ -1,0 +1,287 @@
+"""Typed configuration: ForgeSettings.
+
+Precedence, lowest to highest: field defaults (the `quick` profile) < profile values < YAML file <
+environment (`AF_` prefix, `__` between nested keys) < `.env` < CLI `--set a.b=value`.
+Everything is validated before any work starts; an invalid value raises `ConfigError` naming the field
+path, the value given and what is allowed.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .evals.tasks import TASK_NAMES
+
+PIPELINE_ORDER = (
+    "cognate",
+    "evomerge",
+    "quietstar",
+    "bitnet",
+    "loop",
+    "baking",
+    "experts",
+    "compression",
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(Section):
+    source: str = Field(
+        "smollm2-135m-instruct",
+        description="Local HF folder, GGUF file, hub id, or a built-in alias (see `agent-forge models`).",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `source` when it is a folder.")
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`...")
+
+
+class StoreSettings(Section):
+    url: str = Field(".forge/store", description="Local directory or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto...).")
+    key: SecretStr | None = Field(None, description="S3 access key id; falls back to the AWS_* environment.")
+    secret: SecretStr | None = Field(None, description="S3 secret key; falls back to the AWS_* environment.")
+    region: str | None = None
+    cache_dir: str = Field(".forge/cache", description="Local copies of remote checkpoints.")
+
+
+class EvalSettings(Section):
+    tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
+    n_examples: int = Field(32, gt=0, description="Examples per task on the scored split.")
+    shots: int = Field(1, ge=0, description="In-context examples (from the train split) in each prompt.")
+    ppl_tokens: int = Field(4096, gt=0, description="Tokens of held-out text for perplexity.")
+    ppl_window: int = Field(256, gt=8)
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    seed: int = 1234
+    data: dict[str, str] = Field(
+        default_factory=dict, description="Bring your own data: task name -> JSONL file with prompt/answer rows."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; allowed: {list(TASK_NAMES)}")
+        return v
+
+
+class StageSection(Section):
+    """Section of a stage. Stages that are not built yet only have `enabled` (and refuse `true`)."""
+
+    enabled: bool = False
+    gates: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> max allowed regression vs. the stage input (perplexity: relative, accuracies: absolute).",
+    )
+
+
+class ImportSettings(StageSection):
+    enabled: bool = True
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class CognateSettings(StageSection):
+    enabled: bool = True
+    focuses: list[Literal["reasoning", "memory", "language", "instruction"]] = Field(
+        default_factory=lambda: ["reasoning", "memory", "language"], min_length=1
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    steps: int = Field(30, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_len: int = Field(256, gt=16, description="Tokens per training sequence.")
+    warmup: int = Field(4, ge=0)
+    seed: int = 0
+    gates: dict[str, float] = Field(
+        default_factory=lambda: {"perplexity": 0.5, "arithmetic": 0.25, "recall": 0.25, "instruction": 0.25}
+    )
+
+    @field_validator("focuses")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"focuses must be distinct, got {v}")
+        return v
+
+
+# `full` profile: GPU-sized budgets. `quick` is the field defaults (CPU, minutes).
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "full": {
+        "eval": {"n_examples": 200, "shots": 2, "ppl_tokens": 32768, "ppl_window": 1024, "batch_size": 32},
+        "cognate": {"steps": 600, "batch_size": 16, "max_len": 512, "warmup": 30, "lora": {"r": 32, "alpha": 64}},
+    },
+}
+
+_LAYERS: contextvars.ContextVar[tuple[dict, dict]] = contextvars.ContextVar("_LAYERS", default=({}, {}))
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class ForgeSettings(BaseSettings):
+    # extra="ignore": the same `.env` may hold Prefect's (PREFECT_*) and other tools' keys.
+    model_config = SettingsConfigDict(
+        env_prefix="AF_", env_nested_delimiter="__", env_file=".env", extra="ignore", validate_assignment=True
+    )
+
+    profile: Literal["quick", "full"] = "quick"
+    run_name: str = "forge"
+    work_dir: str = Field(".forge/work", description="Scratch space for models being built.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
+    cognate: CognateSettings = Field(default_factory=CognateSettings)
+    evomerge: StageSection = Field(default_factory=StageSection)
+    quietstar: StageSection = Field(default_factory=StageSection)
+    bitnet: StageSection = Field(default_factory=StageSection)
+    loop: StageSection = Field(default_factory=StageSection)
+    baking: StageSection = Field(default_factory=StageSection)
+    experts: StageSection = Field(default_factory=StageSection)
+    compression: StageSection = Field(default_factory=StageSection)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        yaml_layer, profile_layer = _LAYERS.get()
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _DictSource(settings_cls, yaml_layer),
+            _DictSource(settings_cls, profile_layer),
+            file_secret_settings,
+        )
+
+    def section(self, stage: str) -> StageSection:
+        return self.import_ if stage == "import" else getattr(self, stage)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked."""
+        return json.loads(self.model_dump_json(by_alias=True))
+
+
+def _top_level_keys() -> dict[str, str]:
+    keys = {}
+    for name, f in ForgeSettings.model_fields.items():
+        keys[f.alias or name] = name
+    return keys
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`a.b.c=value` strings -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. cognate.steps=20)")
+        path, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML: {e}") from None
+        parts = [p for p in path.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} names no setting")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _check_top_level(data: dict[str, Any], origin: str) -> None:
+    allowed = _top_level_keys()
+    for k in data:
+        if k not in allowed:
+            raise ConfigError(f"{origin}: unknown section {k!r}; allowed: {sorted(allowed)}")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]).replace("import_", "import")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown setting (value {e['input']!r}); check the name against `agent-forge config show`")
+        else:
+            lines.append(f"{loc}: got {e['input']!r}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    config_path: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    profile: str | None = None,
+) -> ForgeSettings:
+    yaml_data = read_yaml(config_path)
+    _check_top_level(yaml_data, f"config file {str(config_path)!r}")
+    cli = parse_overrides(overrides)
+    _check_top_level(cli, "--set")
+    chosen = cli.get("profile") or os.environ.get("AF_PROFILE") or profile or yaml_data.get("profile") or "quick"
+    if chosen not in PROFILES:
+        raise ConfigError(f"profile: got {chosen!r}: allowed profiles are {sorted(PROFILES)}")
+    token = _LAYERS.set((yaml_data, {**PROFILES[chosen], "profile": chosen}))
+    try:
+        return ForgeSettings(**cli)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+    finally:
+        _LAYERS.reset(token)
+
+
+def config_hash(data: Any) -> str:
+    """Stable sha256 of a JSON-able value (sorted keys)."""
+    import hashlib
+
+    if isinstance(data, BaseModel):
+        data = json.loads(data.model_dump_json(by_alias=True))
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

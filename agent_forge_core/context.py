@@ -1,0 +1,23 @@
+"""Building a StageContext from settings (used by the Prefect tasks, the CLI and benchmarks)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import ForgeSettings
+from .model_io import resolve_device
+from .stages.contract import Progress, StageContext, _no_progress
+from .store import CheckpointStore
+
+
+def make_context(settings: ForgeSettings, log=None, progress: Progress | None = None) -> StageContext:
+    work = Path(settings.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        settings=settings,
+        store=CheckpointStore.from_settings(settings.store),
+        device=resolve_device(settings.model.device),
+        log=log or logging.getLogger("agent_forge"),
+        progress=progress or _no_progress,
+        work_dir=work,
+    )

@@ -1,0 +1,142 @@
+"""The eval suite run on every stage's output.
+
+Metrics (all on the held-out split unless asked otherwise):
+- `perplexity`: exp(mean token NLL) over the first `ppl_tokens` tokens of held-out natural text, scored
+  in non-overlapping windows of `ppl_window` tokens (each window starts without context, so this is an
+  upper bound on the sliding-window perplexity; the same for every model, which is what gates compare).
+- `<task>`: accuracy of greedy decoding with `shots` in-context examples, checked by the task's checker.
+- `<task>_nll`: mean per-token NLL of the reference target given the prompt (teacher forcing); a
+  continuous signal that moves before accuracy does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ..config import EvalSettings
+from .tasks import get_task, with_shots
+from .text import natural_text
+
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def is_lower_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER or metric.endswith("_nll")
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, max_tokens: int, window: int) -> float:
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
+    n_win = max(1, ids.numel() // window)
+    ids = ids[: n_win * window].view(n_win, window).to(model.device)
+    total, count = 0.0, 0
+    for i in range(0, n_win, 8):
+        batch = ids[i : i + 8]
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += nll.item()
+        count += batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def _newline_ids(tokenizer) -> torch.Tensor:
+    vocab = tokenizer.get_vocab()
+    ids = [i for i in vocab.values() if "\n" in tokenizer.decode([i])]
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+@torch.no_grad()
+def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions, stopped per sequence at the first newline (answers are one line)."""
+    newline = _newline_ids(tokenizer).to(model.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[i : i + batch_size]]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for j, e in enumerate(enc):  # left padding so every prompt ends at the same position
+            ids[j, width - len(e) :] = torch.tensor(e)
+            mask[j, width - len(e) :] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        done = torch.zeros(len(enc), dtype=torch.bool, device=model.device)
+        generated = []
+        past = None
+        cur_ids, cur_pos = ids, position_ids
+        for _ in range(max_new_tokens):
+            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            nxt = res.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            generated.append(nxt)
+            done |= torch.isin(nxt, newline) | (nxt == eos_id)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            cur_ids = nxt[:, None]
+            cur_pos = cur_pos[:, -1:] + 1
+        gen = torch.stack(generated, dim=1).cpu()
+        for row in gen:
+            toks = row.tolist()
+            if eos_id in toks:
+                toks = toks[: toks.index(eos_id)]
+            out.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def target_nll(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> float:
+    """Mean per-token NLL of each target given its prompt."""
+    total, count = 0.0, 0
+    for i in range(0, len(pairs), batch_size):
+        seqs, labels = [], []
+        for prompt, target in pairs[i : i + batch_size]:
+            p = tokenizer(prompt, add_special_tokens=False).input_ids
+            t = tokenizer(prompt + target, add_special_tokens=False).input_ids
+            seqs.append(t)
+            labels.append([-100] * len(p) + t[len(p) :])
+        width = max(map(len, seqs))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
+        lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels], device=model.device)
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long().to(model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += nll.item()
+        count += int((lab[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    cfg: EvalSettings,
+    split: str = "test",
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, float]:
+    model.eval()
+    metrics: dict[str, float] = {}
+    steps = 1 + len(cfg.tasks)
+    if progress:
+        progress(0.0, "eval: perplexity")
+    metrics["perplexity"] = perplexity(model, tokenizer, natural_text(split), cfg.ppl_tokens, cfg.ppl_window)
+    for k, name in enumerate(cfg.tasks, 1):
+        if progress:
+            progress(k / steps, f"eval: {name}")
+        task = get_task(name, cfg.data)
+        items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
+        completions = greedy_complete(model, tokenizer, [p for p, _ in items], cfg.max_new_tokens, cfg.batch_size)
+        metrics[name] = sum(task.check(c, ex) for c, (_, ex) in zip(completions, items)) / len(items)
+        metrics[f"{name}_nll"] = target_nll(model, tokenizer, [(p, ex.target) for p, ex in items], cfg.batch_size)
+    if progress:
+        progress(1.0, "eval: done")
+    return metrics

@@ -1,0 +1,52 @@
+"""Training batches for a focus: task SFT (loss on the target only) or plain language modelling."""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+
+from ..evals.tasks import get_task, with_shots
+from ..evals.text import natural_text
+
+
+def task_sequences(tokenizer, task_name: str, n: int, shots: int, seed: int, max_len: int, data=None):
+    """(input_ids, labels) with labels = -100 on the prompt: the model learns the completion only.
+    Prompts use the same few-shot format as the eval suite, drawn from the train split."""
+    task = get_task(task_name, data)
+    out = []
+    for prompt, ex in with_shots(task, "train", n, shots, seed):
+        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        full = tokenizer(prompt + ex.target + "\n", add_special_tokens=False).input_ids
+        if len(full) > max_len:  # keep the end: the target must survive truncation
+            cut = len(full) - max_len
+            full, p = full[cut:], p[cut:]
+        out.append((full, [-100] * len(p) + full[len(p):]))
+    return out
+
+
+def text_sequences(tokenizer, max_len: int, n: int, seed: int):
+    """Random windows of held-in natural text (the train split of the topics)."""
+    ids = tokenizer(natural_text("train"), add_special_tokens=False).input_ids
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, max(1, len(ids) - max_len)) for _ in range(n)]
+    return [(ids[s : s + max_len], ids[s : s + max_len]) for s in starts]
+
+
+def batches(seqs, batch_size: int, pad_id: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches, right-padded."""
+    rng = random.Random(seed)
+    order = list(range(len(seqs)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = [seqs[j] for j in order[i : i + batch_size]]
+            width = max(len(x) for x, _ in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            lab = torch.full((len(chunk), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (x, y) in enumerate(chunk):
+                ids[r, : len(x)] = torch.tensor(x)
+                lab[r, : len(y)] = torch.tensor(y)
+                mask[r, : len(x)] = 1
+            yield {"input_ids": ids, "labels": lab, "attention_mask": mask}
