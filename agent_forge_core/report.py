@@ -1,0 +1,85 @@
+"""The forge report: lineage and every stage's metrics as Markdown, and a PNG chart per metric."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from .evals.suite import is_lower_better
+from .store import CheckpointStore, Manifest
+
+CHART_METRICS = ("perplexity", "arithmetic", "recall", "instruction")
+
+
+def label(m: Manifest) -> str:
+    v = m.info.get("variant")
+    return f"{m.stage}[{v}]" if v else m.stage
+
+
+def collect(store: CheckpointStore, finals: list[str]) -> list[Manifest]:
+    """Every checkpoint on the lineage of the final outputs, each once, in pipeline order."""
+    seen: dict[str, Manifest] = {}
+    for key in finals:
+        for m in store.lineage(key):
+            seen.setdefault(m.key, m)
+    return list(seen.values())
+
+
+def metrics_table(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    rows = []
+    for m in manifests:
+        row = {"checkpoint": m.key, "stage": label(m)}
+        row.update({k: round(v, 4) for k, v in sorted(m.metrics.items())})
+        rows.append(row)
+    return rows
+
+
+def markdown(manifests: list[Manifest], finals: list[str], store: CheckpointStore, title: str) -> str:
+    names = sorted({k for m in manifests for k in m.metrics})
+    lines = [f"# Forge report: {title}", "", "## Final checkpoints", ""]
+    lines += [f"- `{k}` at `{store.uri(k)}`" for k in finals]
+    lines += ["", "## Lineage", ""]
+    for k in finals:
+        lines.append("- " + " -> ".join(f"`{label(m)}` ({m.key})" for m in store.lineage(k)))
+    arrows = {n: ("lower is better" if is_lower_better(n) else "higher is better") for n in names}
+    lines += ["", "## Metrics (held-out test split)", "", "| checkpoint | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for m in manifests:
+        lines.append(f"| {label(m)} | " + " | ".join(f"{m.metrics[n]:.4g}" if n in m.metrics else "-" for n in names) + " |")
+    lines += ["", "; ".join(f"{n}: {d}" for n, d in arrows.items()), "", "## Gates", ""]
+    for m in manifests:
+        for g in m.info.get("gates", []):
+            lines.append(f"- {label(m)}: {g['metric']} {g['before']:.4g} -> {g['after']:.4g} "
+                         f"(limit {g['limit']}) {'pass' if g['passed'] else 'FAIL'}")
+    return "\n".join(lines) + "\n"
+
+
+def chart_png(manifests: list[Manifest]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [n for n in CHART_METRICS if any(n in m.metrics for m in manifests)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    labels = [label(m) for m in manifests]
+    for ax, name in zip(axes[0], metrics):
+        vals = [m.metrics.get(name, float("nan")) for m in manifests]
+        ax.bar(range(len(vals)), vals, color=["#888"] + ["#2a7"] * (len(vals) - 1))
+        ax.set_xticks(range(len(vals)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{name} ({'lower' if is_lower_better(name) else 'higher'} is better)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(store: CheckpointStore, finals: list[str], title: str) -> tuple[str, str]:
+    """Writes reports/<first final key>/report.md and metrics.png; returns (markdown, report uri)."""
+    manifests = collect(store, finals)
+    md = markdown(manifests, finals, store, title)
+    folder = f"reports/{finals[0]}"
+    store.write_file(f"{folder}/metrics.png", chart_png(manifests))
+    md_with_chart = md + "\n![metrics](metrics.png)\n"
+    uri = store.write_file(f"{folder}/report.md", md_with_chart.encode())
+    return md, uri

@@ -1,0 +1,168 @@
+"""`agent-forge` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _settings(args):
+    from agent_forge_core.config import load_settings
+
+    return load_settings(getattr(args, "config", None), getattr(args, "overrides", []) or [], getattr(args, "profile", None))
+
+
+def _print_table(rows: list[dict]) -> None:
+    cols = ["stage", "perplexity", "arithmetic", "recall", "instruction"]
+    print("  ".join(f"{c:>14}" if i else f"{c:<22}" for i, c in enumerate(cols)))
+    for r in rows:
+        cells = [f"{r.get('stage', ''):<22}"] + [
+            f"{r[c]:>14.4f}" if isinstance(r.get(c), (int, float)) else f"{'-':>14}" for c in cols[1:]
+        ]
+        print("  ".join(cells))
+
+
+def cmd_run(args) -> int:
+    from agent_forge_core.stages.registry import plan
+
+    settings = _settings(args)  # fail on bad config before Prefect starts
+    plan(settings)
+    from flows.forge import forge
+
+    t0 = time.time()
+    out = forge(config=args.config, profile=args.profile, overrides=args.overrides)
+    print()
+    _print_table(out["rows"])
+    print(f"\nfinal checkpoints: {', '.join(out['finals'])}")
+    print(f"report: {out['report']}")
+    print(f"wall time: {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    print(json.dumps(_settings(args).public_dict(), indent=2))
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from agent_forge_core.config import PIPELINE_ORDER
+    from agent_forge_core.stages.registry import STAGES, available
+
+    available()
+    for name in ("import", *PIPELINE_ORDER):
+        spec = STAGES.get(name)
+        print(f"{name:<12} {'built' if spec else 'not built':<10} {spec.description if spec else ''}")
+    return 0
+
+
+def _store(args):
+    from agent_forge_core.store import CheckpointStore
+
+    return CheckpointStore.from_settings(_settings(args).store)
+
+
+def cmd_inspect(args) -> int:
+    store = _store(args)
+    if args.list or not args.key:
+        for k in store.list():
+            m = store.manifest(k)
+            print(f"{k:<48} {m.stage:<10} parents={','.join(m.parents) or '-'}")
+        return 0
+    m = store.manifest(args.key)
+    print(m.to_json())
+    print("\nlineage: " + " -> ".join(x.key for x in store.lineage(args.key)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from agent_forge_core.evals.suite import evaluate
+    from agent_forge_core.model_io import load_model, resolve_device
+
+    settings = _settings(args)
+    store = _store(args)
+    model, tok = load_model(str(store.get(args.key)), device=str(resolve_device(settings.model.device)))
+    metrics = evaluate(model, tok, settings.eval, split=args.split)
+    print(json.dumps(metrics, indent=2))
+    if args.record:
+        store.update_metrics(args.key, {f"{k}@{args.split}": v for k, v in metrics.items()})
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = _store(args)
+    src = store.get(args.key)
+    if os.path.exists(args.dir) and os.listdir(args.dir):
+        print(f"error: {args.dir} exists and is not empty; choose an empty or new folder", file=sys.stderr)
+        return 2
+    shutil.copytree(src, args.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", ".verified"))
+    print(f"exported {args.key} to {args.dir} (load with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from agent_forge_core.aliases import ALIASES, ensure_alias
+
+    if args.action == "list":
+        for name, a in ALIASES.items():
+            print(f"{name:<24} {a.note}")
+        return 0
+    print(ensure_alias(args.alias))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agent-forge", description="Forge specialized, compressed agents from base LMs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", "-c", default=None, help="YAML config file")
+        sp.add_argument("--profile", default=None, choices=["quick", "full"])
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        return sp
+
+    with_config(sub.add_parser("run", help="run the forge flow")).set_defaults(fn=cmd_run)
+    cfg = sub.add_parser("config", help="configuration")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    with_config(cfg_sub.add_parser("show", help="print the effective config")).set_defaults(fn=cmd_config_show)
+    sub.add_parser("stages", help="list pipeline stages").set_defaults(fn=cmd_stages)
+    sp = with_config(sub.add_parser("inspect", help="manifest, metrics and lineage of a checkpoint"))
+    sp.add_argument("key", nargs="?")
+    sp.add_argument("--list", action="store_true")
+    sp.set_defaults(fn=cmd_inspect)
+    sp = with_config(sub.add_parser("eval", help="run the eval suite on a checkpoint"))
+    sp.add_argument("key")
+    sp.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    sp.add_argument("--record", action="store_true", help="record the metrics in the manifest (as metric@split)")
+    sp.set_defaults(fn=cmd_eval)
+    sp = with_config(sub.add_parser("export", help="write a checkpoint as a plain HF folder"))
+    sp.add_argument("key")
+    sp.add_argument("dir")
+    sp.set_defaults(fn=cmd_export)
+    mp = sub.add_parser("models", help="built-in model aliases")
+    mp_sub = mp.add_subparsers(dest="action", required=True)
+    mp_sub.add_parser("list").set_defaults(fn=cmd_models)
+    f = mp_sub.add_parser("fetch")
+    f.add_argument("alias")
+    f.set_defaults(fn=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agent_forge_core.errors import ForgeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ForgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small budgets so the whole suite stays in minutes on 2 cores.
+TINY_OVERRIDES = [
+    "eval.n_examples=8", "eval.ppl_tokens=512", "eval.ppl_window=64", "eval.max_new_tokens=12", "eval.batch_size=8",
+    "cognate.steps=4", "cognate.batch_size=4", "cognate.max_len=128", "cognate.warmup=1", "cognate.lora.r=4",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_model_dir):
+    from agent_forge_core.config import load_settings
+
+    def make(*extra: str):
+        return load_settings(
+            overrides=[f"model.source={tiny_model_dir}", f"store.url={tmp_path}/store", f"store.cache_dir={tmp_path}/cache",
+                       f"work_dir={tmp_path}/work", *TINY_OVERRIDES, *extra]
+        )
+
+    return make
