@@ -23,7 +23,6 @@ from agent_forge_core.stages.registry import get_stage
 from agent_forge_core.stages.runner import output_keys, run_stage
 
 from .progress import StageProgress
-from .storage import result_storage
 
 NEVER_RETRY = (GateFailed, ConfigError, CheckpointCorrupted, ModelLoadError, FileNotFoundError, PermissionError)
 
@@ -66,7 +65,7 @@ def run_stage_body(stage: str, inputs: list[str], settings: ForgeSettings) -> di
     return dataclasses.asdict(result)
 
 
-def stage_task(stage: str, settings: ForgeSettings | None = None):
+def make_stage_task(stage: str):
     """A Prefect task running `stage`; results persisted to the configured store."""
     return task(
         run_stage_body,

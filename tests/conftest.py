@@ -1,14 +1,22 @@
 import os
 import shutil
+import tempfile
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Ephemeral Prefect (no server to start by hand) with its database in a throwaway home; set before
+# Prefect is imported anywhere.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="af-prefect-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny models run faster on one thread, and leave the other core to the Prefect server.
+torch.set_num_threads(1)
 
 # Small budgets so the whole suite stays in minutes on 2 cores.
 TINY_OVERRIDES = [

@@ -1,0 +1,105 @@
+import pytest
+
+from agent_forge_core.config import ForgeSettings, config_hash, load_settings
+from agent_forge_core.errors import ConfigError
+from agent_forge_core.stages.registry import plan
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+    for k in list(__import__("os").environ):
+        if k.startswith("AF_"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_are_the_quick_profile():
+    s = load_settings()
+    assert s.profile == "quick"
+    assert s.model.source == "smollm2-135m-instruct"
+    assert s.store.url == ".forge/store"
+    assert s.cognate.enabled and s.cognate.focuses == ["reasoning", "memory", "language"]
+    assert s.cognate.steps == ForgeSettings.model_fields["cognate"].default_factory().steps
+    assert plan(s) == ["import", "cognate"]
+
+
+def test_full_profile_raises_budgets():
+    q, f = load_settings(), load_settings(profile="full")
+    assert f.profile == "full" and f.cognate.steps > q.cognate.steps and f.eval.n_examples > q.eval.n_examples
+
+
+def test_precedence_yaml_env_cli(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cognate:\n  steps: 11\n  lr: 0.01\neval:\n  n_examples: 5\n")
+    s = load_settings(cfg)
+    assert (s.cognate.steps, s.cognate.lr, s.eval.n_examples) == (11, 0.01, 5)
+    monkeypatch.setenv("AF_COGNATE__STEPS", "22")
+    s = load_settings(cfg)
+    assert s.cognate.steps == 22 and s.cognate.lr == 0.01  # env beats YAML, other YAML keys kept
+    s = load_settings(cfg, ["cognate.steps=33", "cognate.lora.r=4", "cognate.focuses=[memory]"])
+    assert (s.cognate.steps, s.cognate.lora.r, s.cognate.focuses) == (33, 4, ["memory"])
+
+
+def test_profile_below_yaml(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile: full\ncognate:\n  steps: 7\n")
+    s = load_settings(cfg)
+    assert s.profile == "full" and s.cognate.steps == 7 and s.eval.n_examples == 200
+
+
+def test_shared_dotenv_with_prefect_keys_is_fine(tmp_path):
+    (tmp_path / ".env").write_text("PREFECT_API_URL=http://127.0.0.1:4200/api\nSOMETHING_ELSE=1\nAF_COGNATE__STEPS=9\n")
+    assert load_settings().cognate.steps == 9
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("cognate.steps=-1", "cognate.steps: got -1"),
+        ("cognate.steps=abc", "cognate.steps: got 'abc'"),
+        ("cognate.stepz=3", "cognate.stepz: unknown setting"),
+        ("cognate.focuses=[dreaming]", "cognate.focuses.0: got 'dreaming'"),
+        ("eval.tasks=[chess]", "unknown task(s) ['chess']"),
+        ("model.dtype=int3", "model.dtype: got 'int3'"),
+        ("nosuch.key=1", "unknown section 'nosuch'"),
+        ("profile=turbo", "allowed profiles are ['full', 'quick']"),
+        ("cognate.steps", "not of the form section.key=value"),
+    ],
+)
+def test_invalid_values_name_path_value_and_allowed(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_settings(overrides=[override])
+    assert needle in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cognate: [steps: 3\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_settings(lst)
+
+
+def test_enabling_an_unbuilt_stage_is_refused_before_work():
+    s = load_settings(overrides=["quietstar.enabled=true"])
+    with pytest.raises(ConfigError, match=r"'quietstar' stage is not built.*set quietstar.enabled=false"):
+        plan(s)
+
+
+def test_secrets_are_masked_in_config_show():
+    s = load_settings(overrides=["store.key=AKIAXXXX", "store.secret=topsecret"])
+    shown = str(s.public_dict())
+    assert "topsecret" not in shown and "AKIAXXXX" not in shown
+    assert s.store.secret.get_secret_value() == "topsecret"
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a, b = load_settings(), load_settings()
+    assert config_hash(a.cognate) == config_hash(b.cognate)
+    c = load_settings(overrides=["cognate.lr=0.5"])
+    assert config_hash(a.cognate) != config_hash(c.cognate)

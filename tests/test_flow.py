@@ -1,0 +1,98 @@
+"""The forge flow in Prefect's ephemeral mode: end to end, resume after a failure, cached reruns."""
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import tasks.stage_task as stage_task_mod
+from agent_forge_core.errors import GateFailed, ModelLoadError
+from agent_forge_core.store import CheckpointStore
+from conftest import TINY_OVERRIDES
+
+
+@pytest.fixture
+def overrides(tmp_path, tiny_model_dir):
+    return [f"model.source={tiny_model_dir}", f"store.url={tmp_path}/store", f"store.cache_dir={tmp_path}/cache",
+            f"work_dir={tmp_path}/work", *TINY_OVERRIDES]
+
+
+@pytest.fixture
+def body_calls(monkeypatch):
+    """Counts how often each stage's task body really runs (cache hits do not run it)."""
+    calls = Counter()
+    real = stage_task_mod.run_stage
+
+    def counting(spec, inputs, ctx):
+        calls[spec.name] += 1
+        return real(spec, inputs, ctx)
+
+    monkeypatch.setattr(stage_task_mod, "run_stage", counting)
+    return calls
+
+
+def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls, monkeypatch, tmp_path):
+    from flows.forge import forge
+    import agent_forge_core.stages.cognate as cognate
+
+    real_train = cognate.train_lora
+
+    def broken(*a, **k):
+        raise RuntimeError("injected failure in cognate")
+
+    monkeypatch.setattr(cognate, "train_lora", broken)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        forge(overrides=overrides)
+    store = CheckpointStore(f"{tmp_path}/store")
+    assert [k.split("-")[0] for k in store.list()] == ["import"]  # no partial cognate checkpoint
+    assert body_calls == Counter({"import": 1, "cognate": 1})  # RuntimeError is not transient: no retry
+
+    monkeypatch.setattr(cognate, "train_lora", real_train)
+    body_calls.clear()
+    out = forge(overrides=overrides)
+    assert body_calls == Counter({"cognate": 1})  # import came back from the cache; its body did not run
+    assert out["stages"] == ["import", "cognate"] and len(out["finals"]) == 3
+    assert all(store.exists(k) for k in out["finals"])
+    for k in out["finals"]:
+        m = store.manifest(k)
+        assert m.stage == "cognate" and {"perplexity", "recall", "arithmetic", "instruction"} <= set(m.metrics)
+    report = Path(out["report"])
+    assert report.is_file() and "## Lineage" in report.read_text()
+    assert (report.parent / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {r["stage"] for r in out["rows"]} == {"import", "cognate[reasoning]", "cognate[memory]", "cognate[language]"}
+
+    body_calls.clear()
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store" / "checkpoints").rglob("*"))
+    again = forge(overrides=overrides)
+    assert body_calls == Counter()  # a finished rerun runs no stage body at all
+    assert again["finals"] == out["finals"]
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "store" / "checkpoints").rglob("*")) == before
+
+    # the cache never outlives the checkpoints it points to: a deleted checkpoint is rebuilt
+    import shutil
+
+    shutil.rmtree(tmp_path / "store" / "checkpoints" / out["finals"][0])
+    body_calls.clear()
+    third = forge(overrides=overrides)
+    assert body_calls == Counter({"cognate": 1}) and store.exists(third["finals"][0])
+
+
+def test_gate_failure_fails_the_stage_and_writes_nothing(overrides, tmp_path):
+    from flows.forge import forge
+
+    with pytest.raises(GateFailed) as e:
+        forge(overrides=[*overrides, "cognate.gates.recall=-1.0"])  # demands recall to rise by 1.0: impossible
+    msg = str(e.value)
+    assert "stage 'cognate' failed its quality gate" in msg and "recall:" in msg and "allowed at least" in msg
+    store = CheckpointStore(f"{tmp_path}/store")
+    assert [k.split("-")[0] for k in store.list()] == ["import"]
+
+
+def test_missing_model_path_fails_clearly(overrides, tmp_path):
+    from flows.cli import main
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        from flows.forge import forge
+
+        forge(overrides=[*overrides, f"model.source={tmp_path}/missing-model"])
+    assert CheckpointStore(f"{tmp_path}/store").list() == []
+    assert main(["run", *sum((["--set", o] for o in overrides), []), "--set", f"model.source={tmp_path}/nope"]) == 2

@@ -1,0 +1,142 @@
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from agent_forge_core.errors import CheckpointCorrupted, CheckpointNotFound
+from agent_forge_core.keys import checkpoint_key
+from agent_forge_core.store import CheckpointStore, Manifest
+
+
+def _folder(tmp_path: Path, name="src") -> Path:
+    d = tmp_path / name
+    (d / "sub").mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"\x00\x01weights" * 1000)
+    (d / "config.json").write_text(json.dumps({"a": 1}))
+    (d / "sub" / "extra.txt").write_text("hello")
+    return d
+
+
+def _manifest(stage="cognate", parents=("import-x",)):
+    return Manifest(key="", stage=stage, parents=list(parents), config_hash="c" * 64, code_version="0.1.0+t",
+                    metrics={"perplexity": 12.5})
+
+
+def _round_trip(store: CheckpointStore, tmp_path: Path) -> None:
+    src = _folder(tmp_path)
+    key = checkpoint_key("cognate", ["import-x"], "c" * 64, "0.1.0+t", "memory")
+    assert not store.exists(key)
+    m = store.put(key, src, _manifest())
+    assert store.exists(key) and store.list() == [key]
+    assert set(m.files) == {"model.safetensors", "config.json", "sub/extra.txt"}
+    got = store.get(key)
+    for name in m.files:
+        assert (got / name).read_bytes() == (src / name).read_bytes()
+    back = store.manifest(key)
+    assert back.metrics == {"perplexity": 12.5} and back.parents == ["import-x"] and back.stage == "cognate"
+    assert back.files["model.safetensors"]["size"] == (src / "model.safetensors").stat().st_size
+
+
+def test_local_round_trip(tmp_path):
+    _round_trip(CheckpointStore(str(tmp_path / "store")), tmp_path)
+
+
+def test_keys_are_content_derived():
+    k = checkpoint_key("cognate", ["import-a"], "h1", "v1", "memory")
+    assert k == checkpoint_key("cognate", ["import-a"], "h1", "v1", "memory") and k.startswith("cognate-memory-")
+    others = {checkpoint_key("cognate", ["import-b"], "h1", "v1", "memory"),
+              checkpoint_key("cognate", ["import-a"], "h2", "v1", "memory"),
+              checkpoint_key("cognate", ["import-a"], "h1", "v2", "memory"),
+              checkpoint_key("cognate", ["import-a"], "h1", "v1", "language")}
+    assert k not in others and len(others) == 4
+
+
+def test_interrupted_write_leaves_no_checkpoint(tmp_path, monkeypatch):
+    store = CheckpointStore(str(tmp_path / "store"))
+    src = _folder(tmp_path)
+    calls = {"n": 0}
+    real = store._move
+
+    def flaky(a, b):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("connection reset while moving")
+        real(a, b)
+
+    monkeypatch.setattr(store, "_move", flaky)
+    with pytest.raises(OSError):
+        store.put("cognate-k1", src, _manifest())
+    assert not store.exists("cognate-k1") and store.list() == []
+    with pytest.raises(CheckpointNotFound, match="no checkpoint 'cognate-k1'"):
+        store.get("cognate-k1")
+    assert not any((tmp_path / "store" / "staging").iterdir())
+    monkeypatch.setattr(store, "_move", real)
+    store.put("cognate-k1", src, _manifest())  # a retry overwrites the leftovers
+    assert store.exists("cognate-k1") and store.get("cognate-k1").is_dir()
+
+
+def test_corrupted_file_is_detected(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    store.put("cognate-k2", _folder(tmp_path), _manifest())
+    f = tmp_path / "store" / "checkpoints" / "cognate-k2" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorrupted, match=r"'model.safetensors' has sha256 .* delete .*cognate-k2"):
+        store.get("cognate-k2")
+    f.unlink()
+    with pytest.raises(CheckpointCorrupted, match="is missing"):
+        store.get("cognate-k2")
+
+
+def test_existing_key_is_not_rewritten(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    m1 = store.put("import-k", _folder(tmp_path, "a"), _manifest("import", ()))
+    m2 = store.put("import-k", _folder(tmp_path, "b"), _manifest("import", ()))
+    assert m1.created_at == m2.created_at
+
+
+def test_lineage(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    store.put("import-a", _folder(tmp_path, "a"), _manifest("import", ()))
+    store.put("cognate-b", _folder(tmp_path, "b"), _manifest("cognate", ("import-a",)))
+    assert [m.key for m in store.lineage("cognate-b")] == ["import-a", "cognate-b"]
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """moto's S3 server on 127.0.0.1 (server mode, as s3fs's own tests use), stopped afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").create_bucket(Bucket="forge")
+    yield endpoint
+    server.stop()
+
+
+def test_s3_round_trip(tmp_path, moto_s3):
+    from agent_forge_core.config import load_settings
+
+    s = load_settings(overrides=["store.url=s3://forge/runs", f"store.endpoint_url={moto_s3}", "store.key=test",
+                                 "store.secret=test", "store.region=us-east-1", f"store.cache_dir={tmp_path}/cache"])
+    store = CheckpointStore.from_settings(s.store)
+    assert not store.is_local
+    _round_trip(store, tmp_path)
+    key = store.list()[0]
+    assert store.fs.exists(f"forge/runs/checkpoints/{key}/manifest.json")
+    assert not store.fs.exists("forge/runs/staging") or not store.fs.ls("forge/runs/staging")
+    # a corrupted object in the bucket is caught when a fresh cache downloads it
+    store.fs.pipe_file(f"forge/runs/checkpoints/{key}/config.json", b'{"a": 2}')
+    fresh = CheckpointStore.from_settings(s.store.model_copy(update={"cache_dir": str(tmp_path / "cache2")}))
+    with pytest.raises(CheckpointCorrupted, match="config.json"):
+        fresh.get(key)
+    assert not (tmp_path / "cache2" / key).exists()
