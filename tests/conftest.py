@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import tempfile
 import sys
 from pathlib import Path
@@ -43,3 +44,22 @@ def tiny_settings(tmp_path, tiny_model_dir):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on 127.0.0.1 (server mode, as s3fs's own tests use), stopped afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").create_bucket(Bucket="forge")
+    yield endpoint
+    server.stop()

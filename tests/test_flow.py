@@ -96,3 +96,50 @@ def test_missing_model_path_fails_clearly(overrides, tmp_path):
         forge(overrides=[*overrides, f"model.source={tmp_path}/missing-model"])
     assert CheckpointStore(f"{tmp_path}/store").list() == []
     assert main(["run", *sum((["--set", o] for o in overrides), []), "--set", f"model.source={tmp_path}/nope"]) == 2
+
+
+def test_transient_errors_retry_and_others_do_not():
+    from agent_forge_core.errors import CheckpointCorrupted, ConfigError, TransientError
+    from tasks.stage_task import is_transient
+
+    assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError()) and is_transient(TransientError("x"))
+    assert is_transient(OSError("503 Slow Down"))
+    for exc in (GateFailed("g"), ConfigError("c"), CheckpointCorrupted("d"), ModelLoadError("m"),
+                FileNotFoundError("f"), RuntimeError("bug"), ValueError("v")):
+        assert not is_transient(exc), exc
+
+
+def test_transient_store_error_is_retried(overrides, body_calls, monkeypatch, tmp_path):
+    from flows.forge import forge
+    from agent_forge_core.store import CheckpointStore as Store
+
+    real_put, failed = Store.put, []
+
+    def flaky_put(self, key, folder, manifest):
+        if not failed:
+            failed.append(key)
+            raise ConnectionError("simulated network drop during upload")
+        return real_put(self, key, folder, manifest)
+
+    monkeypatch.setattr(Store, "put", flaky_put)
+    out = forge(overrides=[*overrides, "cognate.focuses=[memory]"])
+    assert failed and body_calls["import"] == 2 and len(out["finals"]) == 1
+
+
+def test_flow_with_s3_store(overrides, moto_s3, body_calls, monkeypatch, tmp_path):
+    """Checkpoints, manifests, reports and Prefect's cache records all land in the bucket."""
+    from flows.forge import forge
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    s3 = [f"store.url=s3://forge/flow-{tmp_path.name}", f"store.endpoint_url={moto_s3}", "store.region=us-east-1",
+          "cognate.focuses=[language]"]
+    out = forge(overrides=[*overrides, *s3])
+    store = CheckpointStore(f"s3://forge/flow-{tmp_path.name}",
+                            {"client_kwargs": {"endpoint_url": moto_s3, "region_name": "us-east-1"}})
+    assert len(store.list()) == 2 and store.manifest(out["finals"][0]).parents
+    assert store.fs.ls(f"forge/flow-{tmp_path.name}/prefect-results")
+    assert out["report"].startswith("s3://") and store.fs.exists(out["report"].removeprefix("s3://"))
+    body_calls.clear()
+    again = forge(overrides=[*overrides, *s3])
+    assert again["finals"] == out["finals"] and body_calls == Counter()  # cache records read back from S3

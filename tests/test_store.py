@@ -1,5 +1,4 @@
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -102,25 +101,6 @@ def test_lineage(tmp_path):
     store.put("import-a", _folder(tmp_path, "a"), _manifest("import", ()))
     store.put("cognate-b", _folder(tmp_path, "b"), _manifest("cognate", ("import-a",)))
     assert [m.key for m in store.lineage("cognate-b")] == ["import-a", "cognate-b"]
-
-
-@pytest.fixture(scope="module")
-def moto_s3():
-    """moto's S3 server on 127.0.0.1 (server mode, as s3fs's own tests use), stopped afterwards."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                 region_name="us-east-1").create_bucket(Bucket="forge")
-    yield endpoint
-    server.stop()
 
 
 def test_s3_round_trip(tmp_path, moto_s3):

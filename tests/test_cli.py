@@ -1,0 +1,52 @@
+import json
+
+import torch
+
+from agent_forge_core.context import make_context
+from agent_forge_core.stages.registry import get_stage
+from agent_forge_core.stages.runner import run_stage
+from flows.cli import main
+
+
+def test_bad_yaml_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cognate:\n  steps: [1,\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config file") and "is not valid YAML" in err
+
+
+def test_config_show_and_stages(capsys):
+    assert main(["config", "show", "--set", "cognate.steps=5", "--set", "store.secret=hunter2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["cognate"]["steps"] == 5 and "hunter2" not in json.dumps(shown)
+    assert main(["stages"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("import") and "built" in lines[1] and "not built" in lines[2]
+
+
+def test_inspect_eval_export(tiny_settings, tmp_path, capsys):
+    s = tiny_settings()
+    ctx = make_context(s)
+    key = run_stage(get_stage("import"), [], ctx).outputs[0]
+    common = ["--set", f"store.url={s.store.url}", "--set", "eval.n_examples=4", "--set", "eval.ppl_tokens=256",
+              "--set", "eval.ppl_window=64", "--set", "eval.max_new_tokens=4"]
+    assert main(["inspect", key, *common]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.split("\nlineage:")[0])["key"] == key and f"lineage: {key}" in out
+    assert main(["eval", key, "--split", "validation", "--record", *common]) == 0
+    capsys.readouterr()
+    assert "perplexity@validation" in ctx.store.manifest(key).metrics
+    dest = tmp_path / "exported"
+    assert main(["export", key, str(dest), *common]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(dest)
+    tok = AutoTokenizer.from_pretrained(dest)
+    from agent_forge_core.model_io import load_model
+
+    ref, _ = load_model(str(ctx.store.get(key)))
+    ids = tok("Q: 3 + 4 = 7.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    assert main(["export", key, str(dest), *common]) == 2  # refuses to overwrite a non-empty folder
