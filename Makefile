@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/agent-forge run --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)

@@ -265,12 +265,14 @@ def load_settings(
     _check_top_level(yaml_data, f"config file {str(config_path)!r}")
     cli = parse_overrides(overrides)
     _check_top_level(cli, "--set")
-    chosen = cli.get("profile") or os.environ.get("AF_PROFILE") or profile or yaml_data.get("profile") or "quick"
+    # The profile picks a layer of defaults, so it is resolved first, with the same precedence as any
+    # setting (the --profile flag counts as CLI), then pinned so no lower layer can contradict it.
+    chosen = cli.get("profile") or profile or os.environ.get("AF_PROFILE") or yaml_data.get("profile") or "quick"
     if chosen not in PROFILES:
         raise ConfigError(f"profile: got {chosen!r}: allowed profiles are {sorted(PROFILES)}")
     token = _LAYERS.set((yaml_data, {**PROFILES[chosen], "profile": chosen}))
     try:
-        return ForgeSettings(**cli)
+        return ForgeSettings(**{**cli, "profile": chosen})
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e)) from None
     finally:

@@ -10,6 +10,9 @@ import time
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PREFECT_HOME"):
+    # Prefect creates its home without parents; its ephemeral server then cannot open its database.
+    os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
 
 
 def _settings(args):

@@ -40,11 +40,15 @@ def test_precedence_yaml_env_cli(tmp_path, monkeypatch):
     assert (s.cognate.steps, s.cognate.lora.r, s.cognate.focuses) == (33, 4, ["memory"])
 
 
-def test_profile_below_yaml(tmp_path):
+def test_profile_below_yaml(tmp_path, monkeypatch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("profile: full\ncognate:\n  steps: 7\n")
     s = load_settings(cfg)
     assert s.profile == "full" and s.cognate.steps == 7 and s.eval.n_examples == 200
+    s = load_settings(cfg, profile="quick")  # the --profile flag beats the file, and the field agrees
+    assert s.profile == "quick" and s.eval.n_examples == 32 and s.cognate.steps == 7
+    monkeypatch.setenv("AF_PROFILE", "full")
+    assert load_settings(profile="quick").profile == "quick" and load_settings().profile == "full"
 
 
 def test_shared_dotenv_with_prefect_keys_is_fine(tmp_path):
