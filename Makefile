@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/cognate.py
+	$(BIN)/python bench/bitnet.py
 
 clean:
 	rm -rf .forge

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -125,11 +125,45 @@ class CognateSettings(StageSection):
         return v
 
 
+class BitnetSettings(StageSection):
+    modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Linear layers to ternarize (name suffixes); lm_head and embeddings stay float.",
+    )
+    act_bits: int = Field(8, ge=2, le=8)
+    norm: bool = Field(False, description="RMSNorm before activation quantization (the b1.58 SubLN).")
+    packing: Literal["base3", "2bit"] = Field("base3", description="base3: 1.6 bits/weight; 2bit: faster unpacking.")
+    schedule: Literal["linear", "exponential", "sigmoid", "none"] = "linear"
+    warmup: int = Field(30, ge=0, description="Steps over which quantization is ramped in (lambda 0 -> 1).")
+    steps: int = Field(60, gt=0, description="QAT steps (0 would be post-training ternarization).")
+    lr: float = Field(2e-4, gt=0)
+    lr_warmup: int = Field(5, ge=0)
+    batch_size: int = Field(8, gt=0)
+    max_len: int = Field(256, gt=16)
+    data: list[Literal["reasoning", "memory", "language", "instruction"]] = Field(
+        default_factory=lambda: ["language", "reasoning", "memory", "instruction"], min_length=1,
+        description="Training mixture for QAT (the same generators as Cognate, train split).",
+    )
+    measure_ptq: bool = Field(True, description="Also evaluate plain post-training ternarization (no training).")
+    seed: int = 0
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 20.0})
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "BitnetSettings":
+        if self.warmup > self.steps:
+            raise ValueError(
+                f"warmup ({self.warmup}) must not exceed steps ({self.steps}): quantization would never reach "
+                "full strength during training"
+            )
+        return self
+
+
 # `full` profile: GPU-sized budgets. `quick` is the field defaults (CPU, minutes).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {},
     "full": {
         "eval": {"n_examples": 200, "shots": 2, "ppl_tokens": 32768, "ppl_window": 1024, "batch_size": 32},
+        "bitnet": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512},
         "cognate": {"steps": 600, "batch_size": 16, "max_len": 512, "warmup": 30, "lora": {"r": 32, "alpha": 64}},
     },
 }
@@ -165,7 +199,7 @@ class ForgeSettings(BaseSettings):
     cognate: CognateSettings = Field(default_factory=CognateSettings)
     evomerge: StageSection = Field(default_factory=StageSection)
     quietstar: StageSection = Field(default_factory=StageSection)
-    bitnet: StageSection = Field(default_factory=StageSection)
+    bitnet: BitnetSettings = Field(default_factory=BitnetSettings)
     loop: StageSection = Field(default_factory=StageSection)
     baking: StageSection = Field(default_factory=StageSection)
     experts: StageSection = Field(default_factory=StageSection)

@@ -44,6 +44,10 @@ def load_model(
         folder = str(ensure_alias(source))
     else:
         folder = os.path.expanduser(source)
+    from .bitnet.checkpoint import is_bitnet_folder, load_bitnet
+
+    if is_bitnet_folder(folder):  # packed ternary checkpoint: rebuilt with packed inference layers
+        return load_bitnet(folder, device=str(resolve_device(device)))
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     path = Path(folder)
     if path.is_file() and path.suffix == ".gguf":

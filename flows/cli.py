@@ -103,6 +103,12 @@ def cmd_export(args) -> int:
     if os.path.exists(args.dir) and os.listdir(args.dir):
         print(f"error: {args.dir} exists and is not empty; choose an empty or new folder", file=sys.stderr)
         return 2
+    from agent_forge_core.bitnet.checkpoint import export_dequantized, is_bitnet_folder
+
+    if is_bitnet_folder(src):
+        export_dequantized(src, args.dir)
+        print(f"exported {args.key} to {args.dir} as float weights with the ternary values (activations not quantized)")
+        return 0
     shutil.copytree(src, args.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", ".verified"))
     print(f"exported {args.key} to {args.dir} (load with AutoModelForCausalLM.from_pretrained)")
     return 0

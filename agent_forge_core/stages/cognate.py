@@ -15,20 +15,11 @@ from typing import Iterator
 from ..config import CognateSettings
 from ..model_io import load_model, save_model
 from ..training.lora import lora_config, merge_lora, train_lora
-from ..training.sft_data import batches, task_sequences, text_sequences
+from ..training.sft_data import batches, focus_sequences
 from .contract import Built, StageContext, StageSpec
 from .registry import register
 
-FOCUS_TASK = {"reasoning": "arithmetic", "memory": "recall", "language": None, "instruction": "instruction"}
 FOCUS_METRIC = {"reasoning": "arithmetic", "memory": "recall", "language": "perplexity", "instruction": "instruction"}
-
-
-def focus_sequences(focus: str, tokenizer, cfg: CognateSettings, ctx: StageContext):
-    n = cfg.steps * cfg.batch_size
-    task = FOCUS_TASK[focus]
-    if task is None:
-        return text_sequences(tokenizer, cfg.max_len, n, cfg.seed)
-    return task_sequences(tokenizer, task, n, ctx.settings.eval.shots, cfg.seed + 17, cfg.max_len, ctx.settings.eval.data)
 
 
 def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, variants: list[str]) -> Iterator[Built]:
@@ -36,7 +27,8 @@ def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, variants: 
     src = ctx.store.get(parent)
     for i, focus in enumerate(variants):
         model, tok = load_model(str(src), device=str(ctx.device))
-        seqs = focus_sequences(focus, tok, cfg, ctx)
+        seqs = focus_sequences(focus, tok, cfg.steps * cfg.batch_size, cfg.max_len, ctx.settings.eval.shots,
+                               cfg.seed, ctx.settings.eval.data)
         data = batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed + i)
 
         def progress(f: float, msg: str, _focus=focus, _i=i) -> None:

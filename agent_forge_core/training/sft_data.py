@@ -50,3 +50,14 @@ def batches(seqs, batch_size: int, pad_id: int, seed: int) -> Iterator[dict[str,
                 lab[r, : len(y)] = torch.tensor(y)
                 mask[r, : len(x)] = 1
             yield {"input_ids": ids, "labels": lab, "attention_mask": mask}
+
+
+FOCUS_TASK = {"reasoning": "arithmetic", "memory": "recall", "language": None, "instruction": "instruction"}
+
+
+def focus_sequences(focus: str, tokenizer, n: int, max_len: int, shots: int, seed: int, data=None):
+    """Training sequences of a focus: task SFT for task focuses, language modelling for `language`."""
+    task = FOCUS_TASK[focus]
+    if task is None:
+        return text_sequences(tokenizer, max_len, n, seed)
+    return task_sequences(tokenizer, task, n, shots, seed + 17, max_len, data)

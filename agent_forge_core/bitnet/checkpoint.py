@@ -1,0 +1,151 @@
+"""BitNet checkpoints: packed ternary codes on disk, never the dequantized floats.
+
+Files: `model.safetensors` holds every tensor that is not a BitLinear weight (embeddings, norms, head)
+plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32 scalar); `bitnet.json` holds
+the format, activation bits, norm flag and each layer's shape; config, generation config and tokenizer
+as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers (inference) or BitLinear layers
+whose latent weights are the dequantized ternary values (to keep training).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .bitlinear import BitLinear, PackedBitLinear
+from .convert import bit_layers
+from .packing import bits_per_weight, pack, unpack
+from .ternary import dequant_weight, weight_codes
+
+META = "bitnet.json"
+
+
+def is_bitnet_folder(folder: str | Path) -> bool:
+    return (Path(folder) / META).is_file()
+
+
+def save_bitnet(model, tokenizer, folder: str | Path, fmt: str) -> dict:
+    """Write the packed checkpoint; returns the bits-per-weight account."""
+    from transformers import GenerationConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = bit_layers(model)
+    if not layers:
+        raise ValueError("save_bitnet: the model has no BitLinear layers; convert it first")
+    tensors, meta_layers = {}, {}
+    skip = {f"{n}.weight" for n in layers}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    for name, t in model.state_dict().items():
+        if name in skip or (tied and name == "lm_head.weight"):
+            continue
+        tensors[name] = t.detach().contiguous().cpu()
+    for name, layer in layers.items():
+        codes, gamma = weight_codes(layer.weight)
+        tensors[f"{name}.packed"] = pack(codes, fmt)
+        tensors[f"{name}.gamma"] = gamma.reshape(1)
+        meta_layers[name] = list(layer.weight.shape)
+    save_file(tensors, str(folder / "model.safetensors"))
+    first = next(iter(layers.values()))
+    account = bits_account(model, fmt)
+    meta = {"format": fmt, "act_bits": first.act_bits, "norm": first.norm, "layers": meta_layers, "account": account}
+    (folder / META).write_text(json.dumps(meta, indent=1))
+    cfg = model.config
+    cfg.save_pretrained(folder)
+    (getattr(model, "generation_config", None) or GenerationConfig.from_model_config(cfg)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return account
+
+
+def bits_account(model, fmt: str) -> dict:
+    """Bits per weight of the whole model: ternary layers at the packing's rate plus a 32-bit scale
+    each; every other parameter at its stored width (embeddings and head included; tied counted once)."""
+    layers = bit_layers(model)
+    ternary = sum(m.weight.numel() for m in layers.values())
+    ternary_bits = sum(math.ceil(m.weight.numel() * bits_per_weight(fmt) / 8) * 8 + 32 for m in layers.values())
+    bit_params = {id(m.weight) for m in layers.values()}
+    other, other_bits = 0, 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        if id(p) in bit_params:
+            continue
+        other += p.numel()
+        other_bits += p.numel() * p.element_size() * 8
+    total = ternary + other
+    return {
+        "ternary_params": ternary, "other_params": other,
+        "bits_per_weight_ternary_layers": ternary_bits / ternary,
+        "bits_per_weight_model": (ternary_bits + other_bits) / total,
+    }
+
+
+def latent_from_codes(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Latent weights whose absmean quantization gives back exactly (codes, gamma).
+
+    With p the fraction of non-zero codes, W = codes * gamma / p has mean|W| = p * gamma / p = gamma, and
+    round(W / gamma) = round(codes / p) clamps back to codes (|codes / p| >= 1 where codes != 0). So
+    training resumes from the same quantized function the packed checkpoint computes.
+    """
+    p = (codes != 0).float().mean()
+    if p == 0:
+        return torch.zeros_like(codes, dtype=torch.float32)
+    return codes.float() * (gamma / p)
+
+
+def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    meta = json.loads((folder / META).read_text())
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config)  # random init, overwritten below
+    tensors = load_file(str(folder / "model.safetensors"))
+    fmt = meta["format"]
+    for name, shape in meta["layers"].items():
+        packed, gamma = tensors.pop(f"{name}.packed"), tensors.pop(f"{name}.gamma")[0]
+        bias = tensors.pop(f"{name}.bias", None)
+        if trainable:
+            layer = BitLinear(shape[1], shape[0], bias is not None, meta["act_bits"], meta["norm"])
+            with torch.no_grad():
+                layer.weight.copy_(latent_from_codes(unpack(packed, shape, fmt), gamma))
+                if bias is not None:
+                    layer.bias.copy_(bias)
+        else:
+            layer = PackedBitLinear(packed, gamma, tuple(shape), fmt, bias, meta["act_bits"], meta["norm"])
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if m.rpartition(".")[0] not in meta["layers"]]  # set above
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+        missing = [m for m in missing if m != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder}: BitNet checkpoint does not match its config (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); it is incomplete or from another model: re-create it"
+        )
+    tok = AutoTokenizer.from_pretrained(folder)
+    return model.to(device).eval(), tok
+
+
+def export_dequantized(folder: str | Path, out: str | Path) -> Path:
+    """A plain HF folder (float weights gamma * W~, so the ternary structure is kept) that
+    AutoModelForCausalLM loads without Agent Forge. Activations are not quantized there: its logits
+    are close to, not equal to, the packed inference path."""
+    from torch import nn
+
+    from ..model_io import save_model
+
+    model, tok = load_bitnet(folder)
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, PackedBitLinear):
+            lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(dequant_weight(mod.codes, mod.gamma, torch.float32))
+                if mod.bias is not None:
+                    lin.bias.copy_(mod.bias)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+    return save_model(model, tok, out)

@@ -1,0 +1,63 @@
+"""Converting a HF causal LM to BitNet b1.58 and ramping quantization in.
+
+`convert` swaps the chosen nn.Linear modules for BitLinear (same weights, so lam = 0 is the original
+model); embeddings and `lm_head` stay in higher precision unless listed. The warm-up coefficient lam
+follows a schedule over `warmup` steps (the schedules of the HF "Fine-tuning LLMs to 1.58bit" study):
+    linear:      lam = min(step / warmup, 1)
+    exponential: lam = min(1, (1 - exp(-k * step / warmup)) / (1 - exp(-k))),  k = 5
+    sigmoid:     lam = 1 / (1 + exp(-k * (step / warmup - 0.5))) rescaled to [0, 1],  k = 10
+    none:        lam = 1 from the first step (quantize immediately)
+"""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .bitlinear import BitLinear
+
+SCHEDULES = ("linear", "exponential", "sigmoid", "none")
+DEFAULT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
+    if schedule == "none" or warmup <= 0:
+        return 1.0
+    t = min(max(step / warmup, 0.0), 1.0)
+    if schedule == "linear":
+        return t
+    if schedule == "exponential":
+        k = 5.0
+        return min(1.0, (1 - math.exp(-k * t)) / (1 - math.exp(-k)))
+    if schedule == "sigmoid":
+        k = 10.0
+        lo, hi = 1 / (1 + math.exp(k * 0.5)), 1 / (1 + math.exp(-k * 0.5))
+        return (1 / (1 + math.exp(-k * (t - 0.5))) - lo) / (hi - lo)
+    raise ValueError(f"lambda schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def _matches(name: str, modules: list[str]) -> bool:
+    return any(name == m or name.endswith("." + m) for m in modules)
+
+
+def convert(model: nn.Module, modules: list[str] = DEFAULT_MODULES, act_bits: int = 8, norm: bool = False) -> list[str]:
+    """Replace matching nn.Linear modules in place; returns their names."""
+    replaced = []
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and _matches(name, modules):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, BitLinear.from_linear(mod, act_bits, norm))
+            replaced.append(name)
+    if not replaced:
+        raise ValueError(f"no nn.Linear module matches {modules}; check bitnet.modules against the model's layer names")
+    return replaced
+
+
+def bit_layers(model: nn.Module) -> dict[str, BitLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, BitLinear)}
+
+
+def set_lambda(model: nn.Module, lam: float) -> None:
+    for m in bit_layers(model).values():
+        m.lam.fill_(lam)

@@ -1,0 +1,35 @@
+"""Quantizers of BitNet b1.58 (Ma et al. 2024, sec. 2; "Training Tips, Code and FAQ").
+
+Weights, per tensor (absmean):   gamma = mean(|W|),  W~ = clamp(round(W / (gamma + eps)), -1, 1),
+                                 effective weight = gamma * W~  (values in {-gamma, 0, +gamma}).
+Activations, per token (absmax): s = 127 / max(|x|) (clamped at 1e-5), x~ = clamp(round(x * s), -128, 127),
+                                 effective activation = x~ / s.
+"""
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+
+def weight_codes(w: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in {-1, 0, 1} as int8, gamma as a 0-d float32 tensor)."""
+    gamma = w.detach().abs().float().mean()
+    codes = torch.clamp(torch.round(w.detach().float() / (gamma + eps)), -1, 1).to(torch.int8)
+    return codes, gamma
+
+
+def dequant_weight(codes: torch.Tensor, gamma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return codes.to(dtype) * gamma.to(dtype)
+
+
+def quant_weight(w: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    codes, gamma = weight_codes(w, eps)
+    return dequant_weight(codes, gamma, w.dtype)
+
+
+def quant_activation(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-token absmax fake quantization to `bits` (symmetric, [-2^(b-1), 2^(b-1)-1])."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = qmax / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    return torch.clamp(torch.round(x * scale), -qmax - 1, qmax) / scale

@@ -1,0 +1,64 @@
+"""The training loop shared by every stage that trains (LoRA fine-tunes, quantization-aware training).
+
+nanoGPT-style: AdamW, linear warm-up then cosine decay to 10% of the peak, gradient clipping at 1.0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    first_loss: float
+    last_loss: float  # mean of the last 10% of steps
+    trainable_params: int
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to 10% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(
+    model,
+    batches: Iterator[dict[str, torch.Tensor]],
+    steps: int,
+    lr: float,
+    warmup: int,
+    progress: Callable[[float, str], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
+    seed: int = 0,
+) -> TrainStats:
+    """Trains the parameters of `model` that require grad; `before_step(step)` runs before each step
+    (quantization warm-up schedules hook in there)."""
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    for step in range(steps):
+        if before_step:
+            before_step(step)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, warmup, lr)
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress and (step % 5 == 0 or step == steps - 1):
+            progress((step + 1) / steps, f"step {step + 1}/{steps} loss {loss.item():.3f}")
+    model.eval()
+    tail = losses[-max(1, steps // 10):]
+    return TrainStats(steps, losses[0], sum(tail) / len(tail), sum(p.numel() for p in params))
