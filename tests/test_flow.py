@@ -143,3 +143,15 @@ def test_flow_with_s3_store(overrides, moto_s3, body_calls, monkeypatch, tmp_pat
     body_calls.clear()
     again = forge(overrides=[*overrides, *s3])
     assert again["finals"] == out["finals"] and body_calls == Counter()  # cache records read back from S3
+
+
+def test_flow_import_then_bitnet(overrides, tmp_path):
+    from flows.forge import forge
+
+    out = forge(overrides=[*overrides, "cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=4",
+                           "bitnet.warmup=2", "bitnet.batch_size=4", "bitnet.max_len=64"])
+    assert out["stages"] == ["import", "bitnet"]
+    (final,) = out["finals"]
+    m = CheckpointStore(f"{tmp_path}/store").manifest(final)
+    assert m.stage == "bitnet" and m.info["bits"]["bits_per_weight_ternary_layers"] < 1.7
+    assert "bitnet.json" in m.files and "perplexity" in m.metrics
