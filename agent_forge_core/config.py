@@ -158,12 +158,69 @@ class BitnetSettings(StageSection):
         return self
 
 
+class CandidateEvalSettings(Section):
+    """The eval budget of each EvoMerge candidate (validation split); the winner gets the full suite."""
+
+    n_examples: int = Field(16, gt=0, description="Examples per task for a candidate's fitness.")
+    ppl_tokens: int = Field(2048, gt=0, description="Held-out (validation) tokens for a candidate's perplexity.")
+
+
+class EvoMergeSettings(StageSection):
+    methods: list[str] = Field(
+        default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "linear"], min_length=1,
+        description="Merge methods the search may choose (one gene each; the largest wins).",
+    )
+    bands: int = Field(1, ge=1, le=8, description="Layer bands: per-model weights/densities may differ per band (a mergekit gradient).")
+    weight_bounds: tuple[float, float] = Field((0.0, 1.2), description="Range of each model's weight.")
+    density_bounds: tuple[float, float] = Field((0.2, 1.0), description="Range of TIES/DARE densities.")
+    lambda_bounds: tuple[float, float] = Field((0.6, 1.6), description="Range of the task-vector scale lambda.")
+    population: int = Field(6, ge=2, description="Candidates per CMA-ES generation.")
+    generations: int = Field(3, ge=1)
+    sigma: float = Field(0.25, gt=0, le=1, description="Initial CMA-ES step size in the unit cube of genes.")
+    seed: int = 0
+    slots: int | None = Field(
+        None, ge=1, description="Candidate evaluations running at once; default: the number of GPUs (1 on CPU)."
+    )
+    fitness: dict[str, float] = Field(
+        default_factory=lambda: {"arithmetic": 1.0, "recall": 1.0, "instruction": 1.0, "perplexity": 1.0,
+                                 "arithmetic_nll": 0.25, "recall_nll": 0.25, "instruction_nll": 0.25},
+        description="Combined score = sum of weight * term; term = accuracy, -ln(perplexity) or -NLL.",
+    )
+    candidate_eval: CandidateEvalSettings = Field(default_factory=CandidateEvalSettings)
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 0.5})
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        allowed = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties"]
+        bad = [m for m in v if m not in allowed]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"methods must be distinct names from {allowed} (searchable over N models), got {v}")
+        return v
+
+    @field_validator("weight_bounds", "density_bounds", "lambda_bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fitness_metrics(self) -> "EvoMergeSettings":
+        known = set(TASK_NAMES) | {f"{t}_nll" for t in TASK_NAMES} | {"perplexity"}
+        bad = [m for m in self.fitness if m not in known]
+        if bad or not self.fitness:
+            raise ValueError(f"fitness names unknown metrics {bad}; allowed: {sorted(known)}")
+        return self
+
+
 # `full` profile: GPU-sized budgets. `quick` is the field defaults (CPU, minutes).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {},
     "full": {
         "eval": {"n_examples": 200, "shots": 2, "ppl_tokens": 32768, "ppl_window": 1024, "batch_size": 32},
         "bitnet": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512},
+        "evomerge": {"population": 12, "generations": 10, "candidate_eval": {"n_examples": 100, "ppl_tokens": 16384}},
         "cognate": {"steps": 600, "batch_size": 16, "max_len": 512, "warmup": 30, "lora": {"r": 32, "alpha": 64}},
     },
 }
@@ -197,7 +254,7 @@ class ForgeSettings(BaseSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     cognate: CognateSettings = Field(default_factory=CognateSettings)
-    evomerge: StageSection = Field(default_factory=StageSection)
+    evomerge: EvoMergeSettings = Field(default_factory=EvoMergeSettings)
     quietstar: StageSection = Field(default_factory=StageSection)
     bitnet: BitnetSettings = Field(default_factory=BitnetSettings)
     loop: StageSection = Field(default_factory=StageSection)

@@ -211,6 +211,13 @@ class CheckpointStore:
         self.fs.pipe_file(path, data)
         return f"{self.url}/{relpath}"
 
+    def read_file(self, relpath: str) -> bytes | None:
+        """A file written by `write_file`, or None if there is none."""
+        try:
+            return self.fs.cat_file(f"{self.root}/{relpath}")
+        except FileNotFoundError:
+            return None
+
     def lineage(self, key: str) -> list[Manifest]:
         """The checkpoint and its ancestors, oldest first (first parent at each step)."""
         chain, seen = [], set()

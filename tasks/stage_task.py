@@ -58,6 +58,10 @@ def run_stage_body(stage: str, inputs: list[str], settings: ForgeSettings) -> di
     progress = StageProgress(stage)
     try:
         ctx = make_context(settings, log=log, progress=progress)
+        if stage == "evomerge":
+            from .evomerge import prefect_evaluator
+
+            ctx.candidate_evaluator = prefect_evaluator(settings)
         log.info("stage %s on %s (device %s)", stage, inputs or settings.model.source, ctx.device)
         result = run_stage(get_stage(stage), list(inputs), ctx)
     finally:

@@ -34,6 +34,9 @@ class StageContext:
     log: logging.Logger | logging.LoggerAdapter
     progress: Progress = _no_progress
     work_dir: Path = Path(".forge/work")
+    # How EvoMerge runs its candidates: (fn, slots) -> Evaluator. None: local threads. The Prefect
+    # layer supplies mapped Prefect tasks; the deployments layer, runs on a GPU work pool.
+    candidate_evaluator: Callable[..., Any] | None = None
 
 
 @dataclass

@@ -18,7 +18,7 @@ def register(spec: StageSpec) -> StageSpec:
 
 
 def _load_builtin() -> None:
-    from . import bitnet, cognate, importer  # noqa: F401  (registration on import)
+    from . import bitnet, cognate, evomerge, importer  # noqa: F401  (registration on import)
 
 
 def get_stage(name: str) -> StageSpec:
@@ -53,6 +53,11 @@ def plan(settings: ForgeSettings) -> list[str]:
             raise ConfigError(
                 f"stage {name!r} takes one model but {prev!r} produces several; enable a merging stage "
                 f"(evomerge) between them or give {prev!r} a single output"
+            )
+        if spec.takes == "many" and not produced_many:
+            raise ConfigError(
+                f"stage {name!r} merges several models but {prev!r} produces one; enable cognate (with 2+ focuses) "
+                f"before it or set {name}.enabled=false"
             )
         produced_many = len(spec.variants(settings.section(name))) > 1
     return names

@@ -1,0 +1,1 @@
+"""EvoMerge: evolutionary search over merge recipes (CMA-ES), candidates evaluated in parallel."""

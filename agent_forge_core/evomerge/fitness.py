@@ -1,0 +1,33 @@
+"""The combined score a search maximizes, and the one the benchmark reports.
+
+    score = Σ_m w_m · term_m,   term = accuracy for task metrics, −ln(perplexity), −NLL for `<task>_nll`
+
+One number, higher is better; log-perplexity keeps a perplexity change comparable across models.
+"""
+from __future__ import annotations
+
+import math
+
+WORST = -1e9  # the score of a candidate that crashed or produced NaNs
+
+
+def term(metric: str, value: float) -> float:
+    if metric == "perplexity":
+        return -math.log(value)
+    if metric.endswith("_nll"):
+        return -value
+    return value
+
+
+def combined_score(metrics: dict[str, float], weights: dict[str, float]) -> float:
+    missing = [m for m in weights if m not in metrics]
+    if missing:
+        raise KeyError(f"metrics {missing} are not in the evaluation; add their tasks to eval.tasks")
+    values = [w * term(m, float(metrics[m])) for m, w in weights.items()]
+    score = sum(values)
+    return score if math.isfinite(score) else WORST
+
+
+def crashed_result(exc: BaseException) -> dict:
+    """The result of a candidate whose evaluation itself was lost (worker died, retries spent)."""
+    return {"status": "crashed", "fitness": WORST, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}
