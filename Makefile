@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM = false
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,compare]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -114,6 +114,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    """Run one mergekit-style recipe outside the flow. Model names may be folders or checkpoint keys."""
+    from agent_forge_core.merge import load_recipe, run_merge
+
+    recipe = load_recipe(args.recipe)
+    folders = {}
+    store = None
+    for ref in recipe.referenced_models():
+        if os.path.isdir(ref):
+            continue
+        store = store or _store(args)
+        if not store.exists(ref):
+            print(f"error: recipe model {ref!r} is neither a folder nor a checkpoint in {store.url}", file=sys.stderr)
+            return 2
+        folders[ref] = store.get(ref)
+    try:
+        stats = run_merge(recipe, args.out, folders, max_shard_bytes=int(args.shard_mb * 2**20))
+    except (FileExistsError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gb = stats.bytes_read / 1e9
+    print(f"merged {stats.tensors} tensors ({recipe.merge_method}) into {args.out} in {stats.seconds:.1f}s "
+          f"(read {gb:.2f} GB, wrote {stats.bytes_written / 1e9:.2f} GB, {gb / max(stats.seconds, 1e-9):.2f} GB/s read)")
+    return 0
+
+
 def cmd_models(args) -> int:
     from agent_forge_core.aliases import ALIASES, ensure_alias
 
@@ -153,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("key")
     sp.add_argument("dir")
     sp.set_defaults(fn=cmd_export)
+    sp = with_config(sub.add_parser("merge", help="run a mergekit-style merge recipe (YAML) into a folder"))
+    sp.add_argument("recipe")
+    sp.add_argument("out")
+    sp.add_argument("--shard-mb", type=float, default=2048, help="largest output shard (MiB)")
+    sp.set_defaults(fn=cmd_merge)
     mp = sub.add_parser("models", help="built-in model aliases")
     mp_sub = mp.add_subparsers(dest="action", required=True)
     mp_sub.add_parser("list").set_defaults(fn=cmd_models)

@@ -17,6 +17,26 @@ from tasks import task_for  # noqa: E402
 from tasks.storage import result_storage  # noqa: E402
 
 
+def _evomerge_artifacts(store, key: str) -> None:
+    """The search's table (every candidate) and its plot, as Prefect artifacts."""
+    import json
+
+    from agent_forge_core.evomerge.plot import history_rows
+    from agent_forge_core.evomerge.search import History
+
+    folder = store.get(key)
+    history = History(**json.loads((folder / "evomerge_history.json").read_text()))
+    create_table_artifact(history_rows(history), key="evomerge-candidates",
+                          description=f"EvoMerge candidates (validation scores) for {key}")
+    info = store.manifest(key).info
+    create_markdown_artifact(
+        f"## EvoMerge {key}\n\nwinner: candidate {info['winner_candidate']} (generation {info['winner_generation']}), "
+        f"validation score {info['validation_score']:.4f}, {info['failed_candidates']} failed of {info['candidates']}\n\n"
+        f"```yaml\n{(folder / 'merge_recipe.yaml').read_text()}```\n\nplot: {store.uri(key)}/fitness.png",
+        key="evomerge-winner", description="EvoMerge winner recipe",
+    )
+
+
 @flow(name="forge", log_prints=True)
 def forge(config: str | None = None, profile: str | None = None, overrides: list[str] | None = None) -> dict:
     """Forge a model: import -> cognate -> ... Parameters carry no secrets: store credentials come from
@@ -38,6 +58,8 @@ def forge(config: str | None = None, profile: str | None = None, overrides: list
         res = t(name, inputs, settings)
         results.append(res)
         inputs = res["outputs"]
+        if name == "evomerge":
+            _evomerge_artifacts(ctx.store, inputs[0])
         update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), description=f"forge: {name} done")
     finals = inputs
     rows = metrics_table(collect(ctx.store, finals))

@@ -22,7 +22,7 @@ def test_config_show_and_stages(capsys):
     assert shown["cognate"]["steps"] == 5 and "hunter2" not in json.dumps(shown)
     assert main(["stages"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("import") and "built" in lines[1] and "not built" in lines[2]
+    assert lines[0].startswith("import") and "built" in lines[1] and "built" in lines[2] and "not built" in lines[3]
 
 
 def test_inspect_eval_export(tiny_settings, tmp_path, capsys):

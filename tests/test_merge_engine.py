@@ -236,3 +236,24 @@ def test_streaming_peak_memory_is_a_few_tensors(tmp_path):
     assert read == 3 * 24 * tensor and written >= 24 * tensor
     # one tensor's 3 inputs, 2 deltas, masks and temporaries: ~13 tensors; the three models are 72 tensors
     assert growth < 14 * tensor, f"peak RSS grew by {growth / 2**20:.0f} MiB while merging 3 x 96 MiB"
+
+
+def test_cli_merge_with_folders_and_checkpoint_keys(models, tmp_path, capsys):
+    from agent_forge_core.store import CheckpointStore, Manifest
+    from flows.cli import main
+
+    base, (a, b, _) = models
+    store = CheckpointStore(str(tmp_path / "store"))
+    store.put("cognate-b-123", b, Manifest(key="", stage="cognate", parents=[], config_hash="x", code_version="y"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                      f"  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+                      f"  - model: cognate-b-123\n    parameters: {{weight: 0.5}}\n")
+    rc = main(["merge", str(recipe), str(tmp_path / "out"), "--set", f"store.url={tmp_path}/store"])
+    assert rc == 0 and "merged" in capsys.readouterr().out
+    got, s0, sa, sb = sd(tmp_path / "out"), sd(base), sd(a), sd(b)
+    k = "model.layers.0.self_attn.o_proj.weight"
+    assert torch.allclose(got[k], s0[k] + 0.5 * (sa[k] - s0[k]) + 0.5 * (sb[k] - s0[k]), atol=1e-6)
+    recipe.write_text(recipe.read_text().replace("cognate-b-123", "cognate-nope"))
+    assert main(["merge", str(recipe), str(tmp_path / "out2"), "--set", f"store.url={tmp_path}/store"]) == 2
+    assert "neither a folder nor a checkpoint" in capsys.readouterr().err
