@@ -141,7 +141,10 @@ def main() -> None:
     imp = run_stage(get_stage("import"), [], ctx)
     cog = run_stage(get_stage("cognate"), imp.outputs, ctx)
     t1 = time.time()
-    result = {"model": s.model.source, "profile": s.profile, "evomerge_config": s.evomerge.model_dump(mode="json"),
+    path = RESULTS / "evomerge.json"
+    # a part that is skipped keeps its numbers from the previous run
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result |= {"model": s.model.source, "profile": s.profile, "evomerge_config": s.evomerge.model_dump(mode="json"),
               "eval": s.eval.model_dump(mode="json")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.skip_quality:
@@ -152,8 +155,8 @@ def main() -> None:
         shutil.copyfile(ctx.store.get(evo.outputs[0]) / "fitness.png", RESULTS / "evomerge_fitness.png")
     if not args.skip_throughput:
         result["throughput"] = throughput(ctx, imp, cog)
-    (RESULTS / "evomerge.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS / 'evomerge.json'}")
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,19 @@ def test_unknown_method_names_the_choices():
 
     with pytest.raises(ConfigError, match="available: .*ties"):
         get_method("tiez")
+
+
+def test_rank_window_matches_a_stable_sort_with_ties():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 6, (400,), generator=g).float()  # many ties
+    order = torch.argsort(x, stable=True)
+    for lo, hi in [(0, 37), (100, 250), (390, 400), (0, 400), (7, 8), (150, 150)]:
+        ref = torch.zeros(400, dtype=torch.bool)
+        ref[order[lo:hi]] = True
+        assert torch.equal(rank_window_mask(x, lo, hi), ref), (lo, hi)
+    for density in (0.1, 0.33, 0.5, 0.99):
+        k = max(1, int(density * 400))
+        ref = torch.zeros(400, dtype=torch.bool)
+        ref[torch.argsort(x, descending=True, stable=True)[:k]] = True
+        assert torch.equal(magnitude_mask(x, density), ref)
+

@@ -12,10 +12,12 @@ The output appears atomically: it is built in a sibling temp folder and renamed 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -213,13 +215,19 @@ def run_merge(
 
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     read = 0
+
+    def load(job: _Job) -> list[torch.Tensor]:
+        return [ckpts[r].get(n).float() for r, n in job.sources]
+
     try:
-        with StreamingWriter(tmp, [j.out for j in jobs], max_shard_bytes) as writer:
+        # Reads of the next tensor's inputs overlap the merge and write of this one (file reads release
+        # the GIL): one tensor's inputs more in memory, the disk and the CPU both kept busy.
+        with StreamingWriter(tmp, [j.out for j in jobs], max_shard_bytes) as writer, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(load, jobs[0]) if jobs else None
             for k, job in enumerate(jobs):
-                tensors = []
-                for r, n in job.sources:
-                    tensors.append(ckpts[r].get(n).float())
-                    read += ckpts[r].infos[n].nbytes
+                tensors = pending.result()
+                pending = pool.submit(load, jobs[k + 1]) if k + 1 < len(jobs) else None
+                read += sum(ckpts[r].infos[n].nbytes for r, n in job.sources)
                 refs = [r for r, _ in job.sources]
                 base_index = refs.index(recipe.base_model) if recipe.base_model in refs else None
                 model_params = []
@@ -229,7 +237,7 @@ def run_merge(
                     )
                 params = _resolve_all(job.global_layers, job.out.name, job.t, method.global_params, method.name)
                 merged = method.merge(TensorInputs(job.out.name, tensors, model_params, base_index, params, seed, refs))
-                if not torch.isfinite(merged).all():
+                if merged.numel() and not all(map(math.isfinite, torch.aminmax(merged.reshape(-1)))):
                     raise FloatingPointError(f"merge produced non-finite values in {job.out.name}; check the recipe's weights")
                 writer.write(job.out.name, merged.to(job.out.dtype))
                 del tensors, merged

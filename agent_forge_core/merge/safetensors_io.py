@@ -85,13 +85,15 @@ class LazyCheckpoint:
     def get(self, name: str) -> torch.Tensor:
         path, offset, size = self._where[name]
         info = self.infos[name]
-        buf = bytearray(size)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            f.readinto(buf)
-        if size == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if size:
+            raw = out.reshape(-1).view(torch.uint8).numpy()  # read straight into the tensor's memory
+            with open(path, "rb", buffering=0) as f:
+                f.seek(offset)
+                got = f.readinto(raw)
+            if got != size:
+                raise ModelLoadError(f"{path}: tensor {name} is truncated ({got} of {size} bytes)")
+        return out
 
 
 class StreamingWriter:

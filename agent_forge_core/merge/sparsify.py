@@ -12,7 +12,9 @@ import torch
 
 
 def rank_window_mask(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Boolean mask of the entries whose ascending rank of `x` lies in [lo, hi)."""
+    """Boolean mask of the entries whose ascending rank of `x` lies in [lo, hi).
+
+    Ranks are those of a stable ascending sort: among equal values the lower flat index ranks lower."""
     flat = x.reshape(-1).float()
     n = flat.numel()
     lo, hi = max(0, lo), min(n, hi)
@@ -20,31 +22,55 @@ def rank_window_mask(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return torch.zeros_like(x, dtype=torch.bool)
     if lo == 0 and hi == n:
         return torch.ones_like(x, dtype=torch.bool)
-    a = flat.kthvalue(lo + 1).values  # value at rank lo
-    b = flat.kthvalue(hi).values  # value at rank hi-1
-    mask = (flat > a) & (flat < b)
-    if a == b:
-        _keep_first(mask, flat == a, hi - lo)
-    else:
-        _keep_first(mask, flat == a, int((flat <= a).sum()) - lo)
-        _keep_first(mask, flat == b, hi - int((flat < b).sum()))
+    a = flat.kthvalue(lo + 1).values if lo > 0 else None  # value at rank lo; one selection per open end
+    b = flat.kthvalue(hi).values if hi < n else None  # value at rank hi-1
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    if a is not None and b is not None and a == b:
+        mask.zero_()
+        _keep_ties(mask, flat == a, lo - int((flat < a).sum()), hi - lo)
+        return mask.reshape(x.shape)
+    if a is not None:
+        mask &= flat > a
+    if b is not None:
+        mask &= flat < b
+    if a is not None:  # ties at a hold ranks [#(<a), #(<=a)): keep those from rank lo on
+        eq = flat == a
+        _keep_ties(mask, eq, lo - int((flat < a).sum()), int(eq.sum()))
+    if b is not None:  # ties at b: keep those below rank hi
+        _keep_ties(mask, flat == b, 0, hi - int((flat < b).sum()))
     return mask.reshape(x.shape)
 
 
-def _keep_first(mask: torch.Tensor, candidates: torch.Tensor, count: int) -> None:
-    if count > 0:
-        mask[candidates.nonzero().squeeze(1)[:count]] = True
+def _keep_ties(mask: torch.Tensor, ties: torch.Tensor, skip: int, count: int) -> None:
+    """Set `count` of the tied entries, in index order, after skipping the first `skip` of them."""
+    total = int(ties.sum())
+    count = min(count, total - skip)
+    if count <= 0:
+        return
+    if skip == 0 and count == total:
+        mask |= ties
+        return
+    mask[ties.nonzero().squeeze(1)[skip: skip + count]] = True
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the k = max(1, ⌊density·n⌋) largest |δ| (TIES' trim step; Yadav et al. 2023, §3)."""
+    """Keep the k = max(1, ⌊density·n⌋) largest |δ| (TIES' trim step; Yadav et al. 2023, §3).
+
+    One `kthvalue` finds the threshold; among entries tied at it the lowest flat indices are kept (a
+    stable descending sort). mergekit's unstable `argsort` may keep other members of such a tie."""
     n = delta.numel()
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
     if density <= 0 or n == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
     k = max(1, int(density * n))
-    return rank_window_mask(delta.abs(), n - k, n)
+    flat = delta.reshape(-1).abs().float()
+    if k == n:
+        return torch.ones_like(delta, dtype=torch.bool)
+    a = flat.kthvalue(n - k + 1).values  # the k-th largest
+    mask = flat > a
+    _keep_ties(mask, flat == a, 0, k - int(mask.sum()))
+    return mask.reshape(delta.shape)
 
 
 def breadcrumbs_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:

@@ -12,12 +12,15 @@ For models i with task vectors δ_i = θ_i − θ_base, weights w_i and a per-mo
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 
 from .base import TensorInputs
 
+_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="merge")
 MaskFn = Callable[[torch.Tensor, dict, int], torch.Tensor]  # (delta, model params, model index) -> masked delta
 
 
@@ -27,13 +30,21 @@ def merge_task_vectors(x: TensorInputs, sparsify: MaskFn | None, consensus: bool
     if not others:
         return base.clone()
     deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
-    weights = torch.empty(len(others), dtype=base.dtype)
-    for j, i in enumerate(others):
-        delta = x.tensors[i] - base
+    weights = torch.tensor([float(x.model_params[i]["weight"]) for i in others], dtype=base.dtype)
+
+    def fill(j: int) -> None:
+        i = others[j]
+        delta = torch.sub(x.tensors[i], base, out=deltas[j])
         if sparsify is not None:
             delta = sparsify(delta, x.model_params[i], i)
-        weights[j] = float(x.model_params[i]["weight"])
         deltas[j] = delta * weights[j]
+
+    if sparsify is not None and base.numel() >= 1 << 16:
+        # rank selection (kthvalue) runs on one core: trim the models' task vectors side by side
+        list(_POOL.map(fill, range(len(others))))
+    else:
+        for j in range(len(others)):
+            fill(j)
     w = weights.reshape(-1, *([1] * base.dim()))
     if consensus:
         elected = torch.where(deltas.sum(0) >= 0, 1.0, -1.0).to(base.dtype)
