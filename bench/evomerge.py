@@ -102,20 +102,28 @@ def throughput(ctx, imp, cog) -> dict:
         for name, rec in _recipes(base, cog.outputs).items():
             rec = {**rec, "dtype": "float32"}
             refs = parse_recipe(rec).referenced_models()
-            stats = run_merge(parse_recipe(rec), tmp / f"ours-{name}", folders)
+            # the I/O floor runs first, so every contender finds the inputs in the page cache; each
+            # merge runs twice, alternating, and its faster run counts
             floor = io_floor([folders[r] for r in refs], tmp / "floor.safetensors")
             mk_rec = parse_recipe(rec).with_models({k: str(v) for k, v in folders.items()})
-            t0 = time.perf_counter()
-            mk_run(MergeConfiguration.model_validate(yaml.safe_load(mk_rec.to_yaml())), str(tmp / f"mk-{name}"),
-                   options=MergeOptions(copy_tokenizer=True, device="cpu", quiet=True))
-            t_mk = time.perf_counter() - t0
+            t_ours, t_mk = [], []
+            for rep in range(2):
+                shutil.rmtree(tmp / f"ours-{name}", ignore_errors=True)
+                shutil.rmtree(tmp / f"mk-{name}", ignore_errors=True)
+                stats = run_merge(parse_recipe(rec), tmp / f"ours-{name}", folders)
+                t_ours.append(stats.seconds)
+                t0 = time.perf_counter()
+                mk_run(MergeConfiguration.model_validate(yaml.safe_load(mk_rec.to_yaml())), str(tmp / f"mk-{name}"),
+                       options=MergeOptions(copy_tokenizer=True, device="cpu", quiet=True))
+                t_mk.append(time.perf_counter() - t0)
+            t_ours_best, t_mk = min(t_ours), min(t_mk)
             ours, mk = LazyCheckpoint(tmp / f"ours-{name}"), LazyCheckpoint(tmp / f"mk-{name}")
             worst = max(((ours.get(n).double() - mk.get(n).double()).norm() / mk.get(n).double().norm().clamp(min=1e-12)).item()
                         for n in ours.names())
             gb = stats.bytes_read / 1e9
-            out[name] = {"gb_read": gb, "ours_s": stats.seconds, "io_floor_s": floor, "mergekit_s": t_mk,
-                         "ours_gbps": gb / stats.seconds, "io_floor_gbps": gb / floor, "mergekit_gbps": gb / t_mk,
-                         "ours_vs_mergekit_speedup": t_mk / stats.seconds, "ours_vs_io_floor": stats.seconds / floor,
+            out[name] = {"gb_read": gb, "ours_s": t_ours_best, "io_floor_s": floor, "mergekit_s": t_mk,
+                         "ours_gbps": gb / t_ours_best, "io_floor_gbps": gb / floor, "mergekit_gbps": gb / t_mk,
+                         "ours_vs_mergekit_speedup": t_mk / t_ours_best, "ours_vs_io_floor": t_ours_best / floor,
                          "max_rel_diff_vs_mergekit": worst}
             for d in (f"ours-{name}", f"mk-{name}"):
                 shutil.rmtree(tmp / d, ignore_errors=True)
