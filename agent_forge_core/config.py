@@ -166,6 +166,7 @@ class CandidateEvalSettings(Section):
 
 
 class EvoMergeSettings(StageSection):
+    enabled: bool = True
     methods: list[str] = Field(
         default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "linear"], min_length=1,
         description="Merge methods the search may choose (one gene each; the largest wins).",

@@ -47,7 +47,7 @@ def main() -> None:
     rows, out = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         # gates off: the benchmark reports the numbers whatever they are
-        common = [f"store.url={tmp}/store", f"work_dir={tmp}/work", "cognate.enabled=false", "bitnet.enabled=true",
+        common = [f"store.url={tmp}/store", f"work_dir={tmp}/work", "cognate.enabled=false", "evomerge.enabled=false", "bitnet.enabled=true",
                   "bitnet.gates={}"]
         s = load_settings(overrides=[*common, *args.overrides])
         ctx = make_context(s)

@@ -77,7 +77,7 @@ def test_bitnet_after_several_cognates_is_refused():
     from agent_forge_core.config import load_settings
 
     with pytest.raises(ConfigError, match="takes one model but 'cognate' produces several"):
-        plan(load_settings(overrides=["bitnet.enabled=true"]))
+        plan(load_settings(overrides=["bitnet.enabled=true", "evomerge.enabled=false"]))
     with pytest.raises(ConfigError, match=r"warmup \(80\) must not exceed steps \(60\)"):
         load_settings(overrides=["bitnet.warmup=80"])
 

@@ -20,7 +20,7 @@ def test_defaults_are_the_quick_profile():
     assert s.store.url == ".forge/store"
     assert s.cognate.enabled and s.cognate.focuses == ["reasoning", "memory", "language"]
     assert s.cognate.steps == ForgeSettings.model_fields["cognate"].default_factory().steps
-    assert plan(s) == ["import", "cognate"]
+    assert plan(s) == ["import", "cognate", "evomerge"]
 
 
 def test_full_profile_raises_budgets():

@@ -84,3 +84,11 @@ def test_plan_refuses_evomerge_without_several_models(overrides):
 
     with pytest.raises(ConfigError, match="merges several models"):
         plan(load_settings(overrides=[*overrides, "cognate.enabled=false"]))
+
+
+def test_default_pipeline_merges_before_bitnet():
+    from agent_forge_core.config import load_settings
+    from agent_forge_core.stages.registry import plan
+
+    assert plan(load_settings()) == ["import", "cognate", "evomerge"]
+    assert plan(load_settings(overrides=["bitnet.enabled=true"])) == ["import", "cognate", "evomerge", "bitnet"]
