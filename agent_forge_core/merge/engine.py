@@ -130,15 +130,11 @@ def plan_jobs(recipe: Recipe, ckpts: dict[str, LazyCheckpoint], num_layers: int,
     # slices: pre-layer tensors from the first slice's sources, layers renumbered, post from the last
     first, last = recipe.slices[0], recipe.slices[-1]
     ref = first.sources[0].model
-    pre, post = [], []
-    seen_layer = False
-    for name in ckpts[ref].names():
-        if LAYER.match(name):
-            seen_layer = True
-        elif "embed" in name or not seen_layer:
-            pre.append(name)
-        else:
-            post.append(name)
+    # as mergekit's architecture files for Llama-like models: embeddings before the layers, the rest
+    # (final norm, lm_head) after them; safetensors lists names alphabetically, so order says nothing
+    outside = [n for n in ckpts[ref].names() if not LAYER.match(n)]
+    pre = [n for n in outside if "embed" in n]
+    post = [n for n in outside if "embed" not in n]
     layer_names = [n for n in ckpts[ref].names() if LAYER.match(n) and int(LAYER.match(n).group(2)) == 0]
     jobs: list[_Job] = []
 
