@@ -92,3 +92,16 @@ def test_default_pipeline_merges_before_bitnet():
 
     assert plan(load_settings()) == ["import", "cognate", "evomerge"]
     assert plan(load_settings(overrides=["bitnet.enabled=true"])) == ["import", "cognate", "evomerge", "bitnet"]
+
+
+def test_slot_count_does_not_change_the_checkpoint_key(tmp_path):
+    from agent_forge_core.config import load_settings
+    from agent_forge_core.context import make_context
+    from agent_forge_core.stages.registry import get_stage
+    from agent_forge_core.stages.runner import output_keys
+
+    def key(*o):
+        s = load_settings(overrides=[f"store.url={tmp_path}/s", f"work_dir={tmp_path}/w", *o])
+        return output_keys(get_stage("evomerge"), ["cognate-a", "cognate-b"], make_context(s))[""]
+
+    assert key() == key("evomerge.slots=4") != key("evomerge.population=4")

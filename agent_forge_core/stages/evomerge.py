@@ -102,6 +102,8 @@ SPEC = register(
         version=1,
         takes="many",
         build=build,
+        # how many evaluations run at once does not change what is searched: a resumed run may use other slots
+        hashed_config=lambda s: s.evomerge.model_dump(mode="json", exclude={"slots"}),
         description="CMA-ES search over merge recipes (TIES/DARE/task arithmetic/linear) of the cognates.",
     )
 )
