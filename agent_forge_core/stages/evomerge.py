@@ -60,7 +60,8 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, variants:
     total = cfg.population * cfg.generations
 
     def on_generation(h) -> None:
-        ctx.progress(len(h.candidates) / total, f"evomerge: generation {len(h.generations) - 1} told, best {h.best()['fitness']:.4f}")
+        best = h.per_generation()[-1]["best_so_far"]
+        ctx.progress(len(h.candidates) / total, f"evomerge: generation {len(h.generations) - 1} told, best {best:.4f}")
 
     ctx.log.info("evomerge: %d models, base %s, methods %s, %d genes, %d x %d candidates, %d slot(s)",
                  len(inputs), base, space.methods, space.dim, cfg.population, cfg.generations, slots)
