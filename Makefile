@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/cognate.py
 	$(BIN)/python bench/bitnet.py
+	$(BIN)/python bench/evomerge.py
 
 clean:
 	rm -rf .forge
