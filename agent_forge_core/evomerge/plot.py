@@ -12,6 +12,7 @@ def plot_history(history: History, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     by_index = {c["index"]: c for c in history.candidates}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -25,6 +26,7 @@ def plot_history(history: History, path: str | Path) -> Path:
     rows = history.per_generation()
     ax.plot([r["generation"] for r in rows], [r["best_so_far"] if r["best_so_far"] > WORST else None for r in rows],
             color="tab:orange", marker="o", label="best so far")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("combined score (validation)")
     ax.set_title("EvoMerge")
