@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from agent_forge_core.config import ForgeSettings
-from agent_forge_core.evomerge.candidate import crashed_result, evaluate_candidate
+from agent_forge_core.evomerge.candidate import evaluate_candidate
+from agent_forge_core.evomerge.fitness import crashed_result
 
 from .stage_task import retry_condition
 

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from agent_forge_core.errors import ConfigError, ModelLoadError
 from agent_forge_core.merge import parse_recipe, run_merge

@@ -3,7 +3,6 @@
 DARE is left out: mergekit draws its drops from torch's global RNG, ours from the recipe's seed, so only
 the deterministic methods can be compared tensor for tensor."""
 import pytest
-import torch
 import yaml
 
 from agent_forge_core.merge import parse_recipe, run_merge

@@ -27,7 +27,7 @@ from ..merge.engine import run_merge
 from ..merge.recipe import Recipe
 from ..model_io import load_model, resolve_device
 from ..store import CheckpointStore
-from .fitness import WORST, combined_score, crashed_result  # noqa: F401 (re-exported for evaluators)
+from .fitness import WORST, combined_score
 
 log = logging.getLogger("agent_forge.evomerge")
 # transformers builds models under process-global patches (meta-device init); two threads loading at

@@ -23,7 +23,6 @@ are picked up, not re-evaluated. No optimizer object is pickled.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable

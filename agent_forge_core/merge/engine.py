@@ -44,9 +44,6 @@ class MergeStats:
     bytes_written: int
     seconds: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
 
 @dataclass
 class _Job:
@@ -180,7 +177,6 @@ def run_merge(
     folders: dict[str, Path] | None = None,
     max_shard_bytes: int = 2 << 30,
     progress: Callable[[float, str], None] | None = None,
-    overwrite: bool = False,
 ) -> MergeStats:
     """Merge per `recipe` into `out_dir`. `folders` maps the recipe's model names to local folders
     (names that are folders themselves need no entry)."""
@@ -193,7 +189,7 @@ def run_merge(
         if not f.is_dir():
             raise ModelLoadError(f"recipe model {r!r}: {f} is not a model folder")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output folder (nothing was written)")
     configs = {r: read_config(f) for r, f in folders.items()}
     check_architectures(configs)
@@ -242,7 +238,7 @@ def run_merge(
         _copy_side_files(folders[tok_ref], tmp, configs[tok_ref], out_layers if recipe.slices else None, dtype_name)
         (tmp / "merge_recipe.yaml").write_text(recipe.to_yaml())
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            out_dir.rmdir()  # empty (checked above); a non-empty folder is never replaced
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,14 +10,13 @@ split, which the search never sees. The checkpoint carries `merge_recipe.yaml` (
 from __future__ import annotations
 
 import functools
-import json
-import shutil
 import uuid
 from typing import Iterator
 
 import torch
 
 from ..config import EvoMergeSettings
+from ..errors import ConfigError
 from ..evomerge.candidate import evaluate_candidate
 from ..evomerge.evaluators import ThreadEvaluator
 from ..evomerge.genome import GenomeSpace
@@ -49,7 +48,7 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, variants:
     base = common_base(ctx, inputs)
     space = GenomeSpace(tuple(inputs), base, cfg)
     if not space.methods:
-        raise ValueError("evomerge: the inputs share no base model, so only `linear` can merge them; add it to evomerge.methods")
+        raise ConfigError("evomerge: the inputs share no base model, so only `linear` can merge them; add it to evomerge.methods")
     slots = cfg.slots or default_slots()
     fn = functools.partial(evaluate_candidate, ctx.settings)
     if ctx.candidate_evaluator is not None:
@@ -74,15 +73,11 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, variants:
     best = history.best()
     folder = ctx.work_dir / f"evomerge-{uuid.uuid4().hex}"
     recipe = Recipe.model_validate(best["recipe"])
-    try:
-        run_merge(recipe, folder, {k: ctx.store.get(k) for k in recipe.referenced_models()})
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    run_merge(recipe, folder, {k: ctx.store.get(k) for k in recipe.referenced_models()})  # atomic: no partial folder
     (folder / "evomerge_history.json").write_text(history.to_json())
     plot_history(history, folder / "fitness.png")
-    for name in ("merge_recipe.yaml", "fitness.png", "evomerge_history.json"):
-        ctx.store.write_file(f"evomerge/{run_id}/{name}", (folder / name).read_bytes())
+    uris = {name: ctx.store.write_file(f"evomerge/{run_id}/{name}", (folder / name).read_bytes())
+            for name in ("merge_recipe.yaml", "fitness.png", "evomerge_history.json")}
     failed = sum(c["status"] != "ok" for c in history.candidates)
     yield Built(
         variant="", folder=folder, parent=base or inputs[0],
@@ -91,8 +86,8 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, variants:
             "winner_candidate": best["index"], "winner_generation": best.get("generation"),
             "candidates": len(history.candidates), "failed_candidates": failed,
             "per_generation": history.per_generation(), "slots": slots,
-            "history": f"{ctx.store.url}/evomerge/{run_id}/evomerge_history.json",
-            "fitness_weights": json.loads(json.dumps(cfg.fitness)),
+            "history": uris["evomerge_history.json"],
+            "fitness_weights": dict(cfg.fitness),
         },
     )
 

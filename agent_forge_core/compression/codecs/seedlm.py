@@ -30,17 +30,18 @@ MANTISSA = 4
 EXPONENT = 4
 
 
+def basis_of(seeds: torch.Tensor, C: int, P: int) -> torch.Tensor:
+    """U(s) for each seed, float64 (S, C, P): the one seed -> basis map of encoder and decoder."""
+    V = lfsr.windows(seeds.numpy().astype(np.int64), C * P).reshape(-1, C, P).astype(np.float64)
+    return torch.from_numpy((V - 2**15) / 2**15)
+
+
 @lru_cache(maxsize=4)
 def bases(C: int, P: int, n_seeds: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(seeds, U (S,C,P), U⁺ (S,P,C)) in float64 for seeds 1..n_seeds."""
-    seeds = np.arange(1, n_seeds + 1, dtype=np.int64)
-    U = (lfsr.windows(seeds, C * P).reshape(-1, C, P).astype(np.float64) - 2**15) / 2**15
-    return torch.from_numpy(seeds), torch.from_numpy(U), torch.from_numpy(np.linalg.pinv(U))
-
-
-def basis_of(seeds: torch.Tensor, C: int, P: int) -> torch.Tensor:
-    U = lfsr.windows(seeds.numpy().astype(np.int64), C * P).reshape(-1, C, P).astype(np.float64)
-    return torch.from_numpy((U - 2**15) / 2**15)
+    seeds = torch.arange(1, n_seeds + 1, dtype=torch.int64)
+    U = basis_of(seeds, C, P)
+    return seeds, U, torch.linalg.pinv(U)
 
 
 @register
