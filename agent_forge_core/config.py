@@ -188,6 +188,16 @@ class EvoMergeSettings(StageSection):
         description="Combined score = sum of weight * term; term = accuracy, -ln(perplexity) or -NLL.",
     )
     candidate_eval: CandidateEvalSettings = Field(default_factory=CandidateEvalSettings)
+    executor: Literal["local", "deployment"] = Field(
+        "local", description="local: candidates are Prefect tasks in the flow's process; deployment: each is a "
+        "run of the `evaluate-candidate` deployment on a work pool (needs a Prefect server and a shared store).",
+    )
+    deployment: str = Field("evaluate-candidate/evaluate-candidate", description="flow/deployment name used by `deployment`.")
+    run_timeout_s: float = Field(3600.0, gt=0, description="A candidate run still running this long after it "
+                                 "started is cancelled (time queued for a worker does not count).")
+    run_retries: int = Field(1, ge=0, description="New runs for a candidate whose run crashed, failed or timed out "
+                             "(a candidate that merely scores badly is never retried).")
+    poll_s: float = Field(2.0, gt=0, description="How often the states of candidate runs are polled.")
     gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 0.5})
 
     @field_validator("methods")
@@ -213,6 +223,35 @@ class EvoMergeSettings(StageSection):
         if bad or not self.fitness:
             raise ValueError(f"fitness names unknown metrics {bad}; allowed: {sorted(known)}")
         return self
+
+
+class DeploySettings(Section):
+    """How `agent-forge deploy` registers the deployments of `deployments/prefect.yaml`."""
+
+    nightly: bool = Field(False, description="Whether the forge deployment's nightly schedule is active (the off-switch).")
+    cron: str = Field("0 2 * * *", description="The nightly schedule (cron).")
+    timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin.")
+    gpu_concurrency: int | None = Field(
+        None, ge=1, description="Concurrency limit of the gpu pool; default: the GPUs visible where `deploy` runs (1 without).")
+    cpu_concurrency: int = Field(1, ge=1, description="Concurrency limit of the cpu pool (forge runs at once).")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("cron must have five fields (minute hour day month weekday), e.g. '0 2 * * *'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin") from None
+        return v
 
 
 # `full` profile: GPU-sized budgets. `quick` is the field defaults (CPU, minutes).
@@ -262,6 +301,7 @@ class ForgeSettings(BaseSettings):
     baking: StageSection = Field(default_factory=StageSection)
     experts: StageSection = Field(default_factory=StageSection)
     compression: StageSection = Field(default_factory=StageSection)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -281,6 +321,25 @@ class ForgeSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The effective config as plain data, secrets masked."""
         return json.loads(self.model_dump_json(by_alias=True))
+
+    def portable_dict(self) -> dict[str, Any]:
+        """The effective config for another process or machine (a deployment run's parameter).
+
+        Credentials are left out, not masked: Prefect masks SecretStr parameters, so the receiver takes
+        them from its own environment (AF_STORE__KEY/SECRET or AWS_*). A local store path is made
+        absolute, since the receiver's working directory differs."""
+        data = json.loads(self.model_dump_json(by_alias=True, exclude={"store": {"key", "secret"}}))
+        if "://" not in self.store.url:
+            data["store"]["url"] = str(Path(self.store.url).expanduser().resolve())
+        return data
+
+    @classmethod
+    def from_portable(cls, data: dict[str, Any]) -> "ForgeSettings":
+        """Inverse of `portable_dict`; credentials come from this process's environment."""
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise ConfigError(_format_validation_error(e)) from None
 
 
 def _top_level_keys() -> dict[str, str]:

@@ -151,6 +151,69 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import api_url, ensure_pools, register
+
+    cfg = _settings(args).deploy
+    url = api_url()
+    with get_client(sync_client=True) as client:
+        pools = ensure_pools(client, cfg)
+        deployed = register(client, cfg)
+    print(f"server {url}")
+    for name, limit in pools.items():
+        print(f"work pool {name:<10} process, concurrency limit {limit}")
+    for d in deployed:
+        print(f"deployment {d.name:<42} pool {d.pool:<6} {'; '.join(d.schedules) or 'no schedule'}")
+    print("start workers with `agent-forge worker --pool cpu` and `agent-forge worker --pool gpu [--gpu I]`")
+    return 0
+
+
+def cmd_trigger(args) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import api_url, check_overrides, ui_url
+
+    check_overrides(args.overrides)
+    api_url()
+    if args.config is not None or args.overrides or args.profile:
+        _settings(args)  # a bad override fails here, not on the worker
+    params = {"overrides": args.overrides}
+    if args.config is not None:
+        params["config"] = args.config
+    if args.profile is not None:
+        params["profile"] = args.profile
+    run = run_deployment(args.deployment, parameters=params, timeout=0, as_subflow=False)
+    print(f"flow run {run.id} ({run.name})")
+    print(f"ui: {ui_url(run.id)}")
+    if not args.wait:
+        return 0
+    t0 = time.time()
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                break
+            if args.timeout and time.time() - t0 > args.timeout:
+                print(f"still {state.name if state else 'SCHEDULED'} after {args.timeout:g}s", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    print(f"{state.name} after {time.time() - t0:.1f}s" + (f": {state.message}" if state.message else ""))
+    return 0 if state.is_completed() else 1
+
+
+def cmd_worker(args) -> int:
+    from flows.deploy import api_url, worker_command
+
+    api_url()
+    cmd, env = worker_command(args.pool, args.gpu, args.limit)
+    print(" ".join(cmd), flush=True)
+    os.execvpe(cmd[0], cmd, env)  # the worker replaces this process, so signals reach it directly
+    return 0  # pragma: no cover
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agent-forge", description="Forge specialized, compressed agents from base LMs.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out")
     sp.add_argument("--shard-mb", type=float, default=2048, help="largest output shard (MiB)")
     sp.set_defaults(fn=cmd_merge)
+    with_config(sub.add_parser("deploy", help="create the work pools and deployments on the Prefect server "
+                               "(PREFECT_API_URL); schedule from the deploy.* settings")).set_defaults(fn=cmd_deploy)
+    sp = with_config(sub.add_parser("trigger", help="start a deployment run through the API; prints its id and UI link"))
+    sp.add_argument("--deployment", default="forge/forge", help="flow/deployment name")
+    sp.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it completes")
+    sp.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    sp.set_defaults(fn=cmd_trigger)
+    sp = sub.add_parser("worker", help="start a Prefect process worker for a work pool")
+    sp.add_argument("--pool", required=True, help="work pool name (cpu, gpu)")
+    sp.add_argument("--gpu", type=int, default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES, limit 1)")
+    sp.add_argument("--limit", type=int, default=None, help="flow runs this worker runs at once")
+    sp.set_defaults(fn=cmd_worker)
     mp = sub.add_parser("models", help="built-in model aliases")
     mp_sub = mp.add_subparsers(dest="action", required=True)
     mp_sub.add_parser("list").set_defaults(fn=cmd_models)

@@ -58,7 +58,11 @@ def run_stage_body(stage: str, inputs: list[str], settings: ForgeSettings) -> di
     progress = StageProgress(stage)
     try:
         ctx = make_context(settings, log=log, progress=progress)
-        if stage == "evomerge":
+        if stage == "evomerge" and settings.evomerge.executor == "deployment":
+            from .remote_candidates import deployment_evaluator
+
+            ctx.candidate_evaluator = deployment_evaluator(settings, log)
+        elif stage == "evomerge":
             from .evomerge import prefect_evaluator
 
             ctx.candidate_evaluator = prefect_evaluator(settings)

@@ -50,3 +50,28 @@ def test_inspect_eval_export(tiny_settings, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref(ids).logits)
     assert main(["export", key, str(dest), *common]) == 2  # refuses to overwrite a non-empty folder
+
+
+def test_deploy_trigger_worker_refuse_without_a_server_and_credentials_as_parameters(capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for argv in (["deploy"], ["trigger"], ["worker", "--pool", "gpu"]):
+        assert main(argv) == 2
+        assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+    assert main(["trigger", "--set", "store.secret=hunter2"]) == 2
+    err = capsys.readouterr().err
+    assert "store.secret is a credential" in err and "AWS_SECRET_ACCESS_KEY" in err and "hunter2" not in err
+    assert main(["deploy", "--set", "deploy.timezone=Mars/Olympus"]) == 2
+    assert "deploy.timezone" in capsys.readouterr().err
+
+
+def test_portable_settings_leave_credentials_to_the_receiver(monkeypatch, tmp_path):
+    from agent_forge_core.config import ForgeSettings, load_settings
+
+    s = load_settings(overrides=["store.key=K1", "store.secret=S1", f"store.url={tmp_path}/rel/../store",
+                                 "evomerge.population=5"])
+    data = s.portable_dict()
+    assert "K1" not in json.dumps(data) and "key" not in data["store"] and data["store"]["url"] == f"{tmp_path}/store"
+    monkeypatch.setenv("AF_STORE__SECRET", "S2")
+    back = ForgeSettings.from_portable(json.loads(json.dumps(data)))
+    assert back.store.secret.get_secret_value() == "S2" and back.store.key is None
+    assert back.evomerge.population == 5 and back.public_dict()["cognate"] == s.public_dict()["cognate"]

@@ -56,6 +56,7 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, variants:
     else:
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or None
         evaluator = ThreadEvaluator(fn, slots, devices)
+    slots = evaluator.slots  # a deployment evaluator takes its work pool's limit by default
     total = cfg.population * cfg.generations
 
     def on_generation(h) -> None:
@@ -98,8 +99,10 @@ SPEC = register(
         version=1,
         takes="many",
         build=build,
-        # how many evaluations run at once does not change what is searched: a resumed run may use other slots
-        hashed_config=lambda s: s.evomerge.model_dump(mode="json", exclude={"slots"}),
+        # where and how many evaluations run at once does not change what is searched: a resumed run may
+        # use other slots or another executor
+        hashed_config=lambda s: s.evomerge.model_dump(
+            mode="json", exclude={"slots", "executor", "deployment", "run_timeout_s", "run_retries", "poll_s"}),
         description="CMA-ES search over merge recipes (TIES/DARE/task arithmetic/linear) of the cognates.",
     )
 )

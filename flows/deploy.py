@@ -1,0 +1,149 @@
+"""Registering Agent Forge with a Prefect server: work pools, deployments, schedules; triggering runs.
+
+The declarative source is `deployments/prefect.yaml` (deployments: entrypoint, work pool, default
+parameters, pull step, schedule) and `deployments/work-pools.yaml` (pools). `register()` reads both
+and creates or updates everything through the Prefect API -- what `prefect deploy --all` does for a
+process pool, without prompts or a git remote -- filling the schedule (cron, time zone, on/off) and the
+pool concurrency limits from the `deploy` config section. Rerunning it updates in place.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent_forge_core.config import DeploySettings
+from agent_forge_core.errors import ConfigError
+
+# The checkout (or an image's copy) holding deployments/ and the flow files; an installed (non-editable)
+# package lives in site-packages, so images set AF_REPO_DIR.
+REPO_DIR = Path(os.environ.get("AF_REPO_DIR") or Path(__file__).resolve().parents[1])
+DEPLOYMENTS_DIR = REPO_DIR / "deployments"
+SECRET_KEYS = ("store.key", "store.secret")
+
+
+def read_spec(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DEPLOYMENTS_DIR / name).read_text())
+
+
+def api_url() -> str:
+    """The server to deploy to; refuses Prefect's ephemeral mode (a deployment there would vanish)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise ConfigError("PREFECT_API_URL is not set, so there is no server to deploy to: start one "
+                          "(`prefect server start`) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    return url
+
+
+def ui_url(flow_run_id) -> str:
+    from prefect.settings import get_current_settings
+
+    s = get_current_settings()
+    base = s.ui_url or api_url().removesuffix("/api")
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def pool_limits(cfg: DeploySettings) -> dict[str, int]:
+    return {"gpu_concurrency": cfg.gpu_concurrency or max(1, gpu_count()), "cpu_concurrency": cfg.cpu_concurrency}
+
+
+def ensure_pools(client, cfg: DeploySettings) -> dict[str, int]:
+    """Create the work pools of work-pools.yaml, or update their limits; returns name -> limit."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    limits = pool_limits(cfg)
+    out = {}
+    for pool in read_spec("work-pools.yaml")["pools"]:
+        if pool["type"] != "process":
+            raise ConfigError(f"work pool {pool['name']}: `agent-forge deploy` creates process pools; create "
+                              f"{pool['type']} pools with `prefect work-pool create` (README: run it like production)")
+        limit = limits[pool["limit"]]
+        try:
+            client.read_work_pool(pool["name"])
+            client.update_work_pool(pool["name"], WorkPoolUpdate(concurrency_limit=limit, description=pool["description"]))
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=pool["name"], type="process", description=pool["description"], concurrency_limit=limit,
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+        out[pool["name"]] = limit
+    return out
+
+
+@dataclass
+class Registered:
+    name: str  # flow/deployment
+    id: Any
+    pool: str
+    schedules: list[str]
+
+
+def _schedules(entries: list[dict[str, Any]], cfg: DeploySettings):
+    """The YAML's schedule entries with cron/timezone/active taken from the `deploy` config section."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    return [DeploymentScheduleCreate(schedule=CronSchedule(cron=cfg.cron, timezone=cfg.timezone), active=cfg.nightly,
+                                     slug=e.get("slug"))
+            for e in entries]
+
+
+def register(client, cfg: DeploySettings) -> list[Registered]:
+    """Create or update every deployment of prefect.yaml; its flow code is imported from the repository."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    spec = read_spec("prefect.yaml")
+    out = []
+    for d in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(REPO_DIR / d["entrypoint"]), use_placeholder_flow=False)
+        flow_id = client.create_flow_from_name(flow.name)
+        schedules = _schedules(d.get("schedules") or [], cfg)
+        dep_id = client.create_deployment(
+            flow_id=flow_id, name=d["name"], entrypoint=d["entrypoint"], description=d.get("description"),
+            work_pool_name=d["work_pool"]["name"], job_variables=d["work_pool"].get("job_variables") or {},
+            parameters=d.get("parameters") or {}, tags=d.get("tags") or [],
+            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+            enforce_parameter_schema=True, pull_steps=spec["pull"], schedules=schedules,
+        )
+        out.append(Registered(f"{flow.name}/{d['name']}", dep_id, d["work_pool"]["name"],
+                              [f"{cfg.cron} ({cfg.timezone}) {'active' if cfg.nightly else 'inactive'}" for _ in schedules]))
+    return out
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Credentials must not travel as parameters: the UI shows them and SecretStr arrives masked."""
+    bad = [o for o in overrides if o.split("=", 1)[0].strip() in SECRET_KEYS]
+    if bad:
+        raise ConfigError(f"{bad[0].split('=')[0]} is a credential and must not be a flow parameter; give it to the "
+                          "worker's environment instead (AF_STORE__KEY/AF_STORE__SECRET or AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY) or a Prefect block")
+
+
+def worker_command(pool: str, gpu: int | None, limit: int | None) -> tuple[list[str], dict[str, str]]:
+    """The `prefect worker` command line and environment for a process worker of `pool`."""
+    import sys
+
+    prefect_bin = Path(sys.executable).with_name("prefect")
+    cmd = [str(prefect_bin) if prefect_bin.exists() else "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    env = dict(os.environ)
+    env.setdefault("AF_REPO_DIR", str(REPO_DIR))  # the deployments' pull step runs flows from here
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # this worker's runs see only its GPU, as cuda:0
+        limit = limit or 1
+    if limit:
+        cmd += ["--limit", str(limit)]
+    return cmd, env

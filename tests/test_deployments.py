@@ -1,0 +1,174 @@
+"""Production use, end to end on 127.0.0.1: `prefect server start`, moto's S3 server, process work pools,
+`agent-forge deploy / worker / trigger`, a REST-triggered run, the nightly schedule, the UI, and EvoMerge
+candidates fanned out as deployment runs on a `gpu` pool of concurrency 2 with one run killed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_OVERRIDES
+from prefect_stack import PrefectStack, api, http
+
+pytestmark = pytest.mark.slow
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = PrefectStack(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        s.startup_s = s.start_server()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def forge_overrides(moto_s3, tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("worker-disk")
+    return [f"model.source={tiny_model_dir}", "store.url=s3://forge/prod", f"store.endpoint_url={moto_s3}",
+            f"work_dir={work}/work", f"store.cache_dir={work}/cache", *TINY_OVERRIDES]
+
+
+@pytest.fixture(scope="module")
+def deployed(stack):
+    args = ["deploy", "--set", "deploy.nightly=true", "--set", "deploy.cron=30 3 * * *",
+            "--set", "deploy.timezone=Europe/Berlin", "--set", "deploy.gpu_concurrency=2"]
+    for _ in range(2):  # registering twice updates in place
+        r = stack.cli(*args)
+        assert r.returncode == 0, r.stderr
+    assert "work pool gpu        process, concurrency limit 2" in r.stdout
+    return {d["name"]: d for d in api("POST", f"{stack.api_url}/deployments/filter", {})}
+
+
+def _s3_keys(endpoint: str, prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    keys, token = [], None
+    while True:
+        page = s3.list_objects_v2(Bucket="forge", Prefix=prefix, **({"ContinuationToken": token} if token else {}))
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]
+
+
+def _ts(s: str) -> float:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides, moto_s3):
+    # pools and deployments as declared, schedule from the deploy settings, registered once
+    pools = {p["name"]: p for p in api("POST", f"{stack.api_url}/work_pools/filter", {})}
+    assert pools["cpu"]["type"] == "process" and pools["gpu"]["concurrency_limit"] == 2
+    forge = deployed["forge"]
+    assert forge["work_pool_name"] == "cpu" and deployed["evaluate-candidate"]["work_pool_name"] == "gpu"
+    assert len(forge["schedules"]) == 1
+    sched = forge["schedules"][0]
+    assert sched["schedule"]["cron"] == "30 3 * * *" and sched["schedule"]["timezone"] == "Europe/Berlin"
+    assert sched["active"] is True
+    assert forge["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $AF_REPO_DIR }}"
+
+    # the UI is served by the same server
+    status, body = http("GET", f"{stack.url}/")
+    assert status == 200 and b"<!DOCTYPE html>" in body[:200]
+
+    stack.start_worker("cpu", **S3_ENV)
+
+    # 1) programmatic: `agent-forge trigger` = run_deployment through the API
+    sets = [a for o in forge_overrides for a in ("--set", o)]
+    t0 = time.monotonic()
+    r = stack.cli("trigger", "--wait", "--timeout", "420", *sets, timeout=480)
+    e2e_cli = time.monotonic() - t0
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{stack.log('worker-cpu')}"
+    assert "Completed" in r.stdout and f"{stack.url}/runs/flow-run/" in r.stdout
+    run_id = r.stdout.split()[2]
+    run = api("GET", f"{stack.api_url}/flow_runs/{run_id}")
+    assert run["state_type"] == "COMPLETED" and run["deployment_id"] == forge["id"]
+    assert run["parameters"]["overrides"] == forge_overrides
+
+    # 2) REST: POST /api/deployments/{id}/create_flow_run (503 retried by `http`)
+    rest = api("POST", f"{stack.api_url}/deployments/{forge['id']}/create_flow_run",
+               {"parameters": {"overrides": forge_overrides}})
+    final = stack.wait_final(rest["id"], timeout=300)
+    assert final["state_type"] == "COMPLETED", stack.log("worker-cpu")
+    # the second run found the first one's results in S3: every stage came back from the cache
+    tasks = api("POST", f"{stack.api_url}/task_runs/filter", {"flow_runs": {"id": {"any_": [rest["id"]]}}})
+    stage_states = {t["name"]: t["state_name"] for t in tasks if t["name"] in ("import", "cognate")}
+    assert stage_states == {"import": "Cached", "cognate": "Cached"}
+
+    # checkpoints, manifests, reports and Prefect's result records are in the bucket
+    keys = _s3_keys(moto_s3, "prod/")
+    manifests = [k for k in keys if k.endswith("/manifest.json")]
+    assert sum("/import-" in k for k in manifests) == 1 and sum("/cognate-" in k for k in manifests) == 3
+    assert any(k.endswith(".safetensors") and "/cognate-" in k for k in keys)
+    assert any(k.startswith("prod/reports/") and k.endswith("report.md") for k in keys)
+    assert any(k.startswith("prod/prefect-results/") for k in keys)
+
+    starts = [(_ts(x["start_time"]) - _ts(x["created"])) for x in (run, final)]
+    Path(stack.home, "timings.json").write_text(json.dumps(
+        {"server_start_s": stack.startup_s, "trigger_to_start_s": starts, "cli_trigger_wait_s": e2e_cli}))
+    print(f"server start {stack.startup_s:.1f}s; trigger->start {starts[0]:.1f}s / {starts[1]:.1f}s; "
+          f"CLI trigger --wait {e2e_cli:.1f}s")
+
+
+def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, forge_overrides, moto_s3):
+    stack.start_worker("gpu", **S3_ENV)
+    killed: list[dict] = []
+    stop = threading.Event()
+
+    def kill_first_running_candidate():
+        while not stop.is_set() and not killed:
+            for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]}, state={"type": {"any_": ["RUNNING"]}}):
+                if r["infrastructure_pid"]:
+                    os.kill(int(str(r["infrastructure_pid"]).split(":")[-1]), signal.SIGKILL)
+                    killed.append(r)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_first_running_candidate, daemon=True)
+    killer.start()
+    sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.executor=deployment",
+                        "evomerge.population=4", "evomerge.generations=1", "evomerge.run_retries=1",
+                        "evomerge.poll_s=0.5", "evomerge.candidate_eval.n_examples=4",
+                        "evomerge.candidate_eval.ppl_tokens=256", "evomerge.gates.perplexity=100"]
+            for a in ("--set", o)]
+    r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)
+    stop.set()
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{stack.log('worker-gpu')}"
+    assert len(killed) == 1
+
+    runs = stack.flow_runs(tags={"all_": ["evomerge-candidate"]})
+    states = sorted(x["state_type"] for x in runs)
+    assert states == ["COMPLETED"] * 4 + ["CRASHED"], [(x["name"], x["state_type"]) for x in runs]
+    crashed = next(x for x in runs if x["state_type"] == "CRASHED")
+    assert crashed["id"] == killed[0]["id"]
+    retry = [x for x in runs if x["name"].endswith("-retry1")]
+    assert len(retry) == 1 and retry[0]["name"] == crashed["name"] + "-retry1"
+    assert all(x["parent_task_run_id"] for x in runs)  # subflows of the evomerge stage's task run
+
+    # never more than the pool's limit at once, and the limit was used
+    events = sorted([(_ts(x["start_time"]), 1) for x in runs] + [(_ts(x["end_time"]), -1) for x in runs])
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak == 2
+
+    # every candidate scored (none worst): the killed one by its retry; history read back from S3
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=moto_s3, key="test", secret="test")
+    (hist_key,) = [k for k in _s3_keys(moto_s3, "prod/evomerge/") if k.endswith("/history.json")]
+    history = json.loads(fs.cat(f"forge/{hist_key}"))
+    assert len(history["candidates"]) == 4 and len(history["generations"]) == 1
+    assert all(c["status"] == "ok" and c["fitness"] > -1e8 for c in history["candidates"])
