@@ -53,6 +53,9 @@ class StoreSettings(Section):
     key: SecretStr | None = Field(None, description="S3 access key id; falls back to the AWS_* environment.")
     secret: SecretStr | None = Field(None, description="S3 secret key; falls back to the AWS_* environment.")
     region: str | None = None
+    credentials_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding {\"key\": ..., \"secret\": ...}; loaded by the "
+        "flow on the worker (an alternative to the worker's AWS_* environment).")
     cache_dir: str = Field(".forge/cache", description="Local copies of remote checkpoints.")
 
 

@@ -18,12 +18,14 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 from agent_forge_core.config import ForgeSettings  # noqa: E402
 from agent_forge_core.evomerge.candidate import evaluate_candidate  # noqa: E402
+from tasks.storage import apply_credentials_block  # noqa: E402
 
 
 @flow(name="evaluate-candidate", log_prints=True, persist_result=False)
 def evaluate_candidate_flow(settings: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     log = get_run_logger()
     cfg = ForgeSettings.from_portable(settings)
+    apply_credentials_block(cfg)
     log.info("candidate %s of %s (%s) on %s, CUDA_VISIBLE_DEVICES=%s", request["index"], request["run_id"],
              request["recipe"].get("merge_method"), cfg.model.device, os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     result = evaluate_candidate(cfg, request)

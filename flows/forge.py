@@ -14,7 +14,7 @@ from agent_forge_core.report import metrics_table, collect, write_report  # noqa
 from agent_forge_core.stages.registry import get_stage, plan  # noqa: E402
 from agent_forge_core.stages.runner import output_keys  # noqa: E402
 from tasks import task_for  # noqa: E402
-from tasks.storage import result_storage  # noqa: E402
+from tasks.storage import apply_credentials_block, result_storage  # noqa: E402
 
 
 def _evomerge_artifacts(store, key: str) -> None:
@@ -40,11 +40,12 @@ def _evomerge_artifacts(store, key: str) -> None:
 @flow(name="forge", log_prints=True)
 def forge(config: str | None = None, profile: str | None = None, overrides: list[str] | None = None) -> dict:
     """Forge a model: import -> cognate -> ... Parameters carry no secrets: store credentials come from
-    the worker's environment (AF_STORE__KEY/SECRET or AWS_*)."""
+    the worker's environment (AF_STORE__KEY/SECRET or AWS_*) or the Secret block store.credentials_block."""
     log = get_run_logger()
     settings = load_settings(config, overrides or [], profile)
     stages = plan(settings)  # refuses unbuilt or mis-chained stages before any work
     log.info("profile %s, stages %s, store %s", settings.profile, stages, settings.store.url)
+    apply_credentials_block(settings)
     ctx = make_context(settings)
     storage = result_storage(settings)
     overall = create_progress_artifact(0.0, key="forge-progress", description="forge: stages done")

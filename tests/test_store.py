@@ -1,3 +1,4 @@
+import os
 import json
 from pathlib import Path
 
@@ -120,3 +121,24 @@ def test_s3_round_trip(tmp_path, moto_s3):
     with pytest.raises(CheckpointCorrupted, match="config.json"):
         fresh.get(key)
     assert not (tmp_path / "cache2" / key).exists()
+
+
+def test_s3_credentials_from_a_prefect_secret_block(tiny_settings, monkeypatch):
+    """The Secret block alternative to the worker's environment: the flow puts its value where s3fs reads it."""
+    from prefect.blocks.system import Secret
+
+    from agent_forge_core.errors import ConfigError
+    from tasks.storage import apply_credentials_block
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    Secret(value={"key": "AKIA-block", "secret": "s3cr3t"}).save("forge-s3-test", overwrite=True)
+    settings = tiny_settings("store.credentials_block=forge-s3-test")
+    assert "s3cr3t" not in json.dumps(settings.portable_dict())  # only the block's name travels
+    apply_credentials_block(settings)
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIA-block" and os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
+    with pytest.raises(ConfigError, match="no Secret block named 'missing'"):
+        apply_credentials_block(tiny_settings("store.credentials_block=missing"))
+    Secret(value="just-a-string").save("forge-s3-bad", overwrite=True)
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        apply_credentials_block(tiny_settings("store.credentials_block=forge-s3-bad"))
