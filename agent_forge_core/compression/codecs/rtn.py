@@ -23,7 +23,7 @@ class RTN(Codec):
             raise ConfigError(f"rtn group must be >= 1, got {group}")
         self.bits, self.group = bits, group
 
-    def encode(self, w: torch.Tensor) -> Encoded:
+    def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
         rows, cols = w.shape
         if cols % self.group:
             raise ConfigError(f"rtn group {self.group} does not divide the row length {cols}")
@@ -32,8 +32,8 @@ class RTN(Codec):
         scale = (g.abs().amax(-1, keepdim=True) / qmax).to(torch.float16)
         safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
         q = torch.clamp(torch.round(g / safe), -qmax, qmax).to(torch.int8)
-        bits = w.numel() * self.bits + scale.numel() * 16
-        return Encoded(self.name, tuple(w.shape), {"q": q, "scale": scale}, {"bits": self.bits, "group": self.group}, bits)
+        return Encoded(self.name, tuple(w.shape), {"q": q, "scale": scale}, {"bits": self.bits, "group": self.group},
+                       widths={"q": (self.bits, True)})
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         return (enc.payload["q"].float() * enc.payload["scale"].float()).reshape(enc.shape)

@@ -58,7 +58,7 @@ class SeedLM(Codec):
     def bits_per_block(self) -> int:
         return lfsr.K + EXPONENT + MANTISSA * self.P
 
-    def encode(self, w: torch.Tensor) -> Encoded:
+    def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
         C, P = self.C, self.P
         flat = w.detach().reshape(-1).double()
         n = flat.numel()
@@ -92,8 +92,9 @@ class SeedLM(Codec):
             "exponent": (best_e - lo).to(torch.uint8),  # 0..15
             "mantissa": best_q.to(torch.int8),  # -8..7
         }
-        bits = len(blocks) * self.bits_per_block() + 8
-        return Encoded(self.name, tuple(w.shape), payload, {"C": C, "P": P, "e_low": lo}, bits)
+        widths = {"seed": (lfsr.K, False), "exponent": (EXPONENT, False), "mantissa": (MANTISSA, True)}
+        # e_low: one 8-bit exponent per tensor. Seeds are 1..2^16-1 in K = 16 bits.
+        return Encoded(self.name, tuple(w.shape), payload, {"C": C, "P": P, "e_low": lo}, widths, extra_bits=8)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         C, P, lo = enc.params["C"], enc.params["P"], enc.params["e_low"]
