@@ -92,7 +92,7 @@ def register(cls):
 
 
 def get_codec(name: str, **params) -> Codec:
-    from . import rtn, seedlm, vptq  # noqa: F401
+    from . import hyper, rtn, seedlm, vptq  # noqa: F401
 
     if name not in CODECS:
         raise ConfigError(f"unknown codec {name!r}; built: {sorted(CODECS)}")
