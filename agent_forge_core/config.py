@@ -257,6 +257,53 @@ class DeploySettings(Section):
         return v
 
 
+class CompressionRule(Section):
+    pattern: str = Field(description="fnmatch glob over tensor names, e.g. '*.mlp.*_proj.weight'; the first match wins.")
+    codec: Literal["seedlm", "vptq", "hyper", "rtn", "auto", "keep"]
+    params: dict[str, Any] = Field(default_factory=dict, description="The codec's parameters (see its docstring).")
+
+
+class AutoCandidate(Section):
+    codec: Literal["seedlm", "vptq", "hyper", "rtn"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompressionSettings(StageSection):
+    rules: list[CompressionRule] = Field(
+        default_factory=lambda: [
+            CompressionRule(pattern="*_proj.weight", codec="auto"),
+            CompressionRule(pattern="*embed_tokens.weight", codec="rtn", params={"bits": 8, "group": 64}),
+            CompressionRule(pattern="*", codec="keep"),
+        ],
+        min_length=1, description="Tensor-name pattern -> codec (first match); tensors that match none are kept.",
+    )
+    auto_candidates: list[AutoCandidate] = Field(
+        default_factory=lambda: [
+            AutoCandidate(codec="vptq", params={"v": 4, "k": 256, "residual_k": 16}),
+            AutoCandidate(codec="vptq", params={"v": 4, "k": 256, "residual_k": 256}),
+            AutoCandidate(codec="rtn", params={"bits": 4, "group": 64}),
+            AutoCandidate(codec="rtn", params={"bits": 6, "group": 64}),
+        ],
+        min_length=1, description="What `auto` tries on each tensor (each one encodes it: cost adds up).",
+    )
+    error_budget: float = Field(0.05, gt=0, description="auto: largest relative (Hessian-weighted) error a tensor may get.")
+    target_bpw: float | None = Field(5.0, gt=0, description="auto: model-wide bits per weight to meet (all tensors counted).")
+    keep_dtype: Literal["float16", "float32"] = Field("float16", description="How kept tensors (norms...) are stored.")
+    calibration_tokens: int = Field(4096, ge=0, description="Held-in text tokens for the Hessians (0: no Hessian).")
+    calibration_len: int = Field(256, gt=8)
+    seed: int = 0
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 1.0})
+
+    @model_validator(mode="after")
+    def _codec_params(self) -> "CompressionSettings":
+        from .compression.codecs import get_codec
+
+        for r in [*self.rules, *self.auto_candidates]:
+            if r.codec not in ("auto", "keep"):
+                get_codec(r.codec, **r.params)  # unknown or invalid parameters fail here, before any work
+        return self
+
+
 # `full` profile: GPU-sized budgets. `quick` is the field defaults (CPU, minutes).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {},
@@ -303,7 +350,7 @@ class ForgeSettings(BaseSettings):
     loop: StageSection = Field(default_factory=StageSection)
     baking: StageSection = Field(default_factory=StageSection)
     experts: StageSection = Field(default_factory=StageSection)
-    compression: StageSection = Field(default_factory=StageSection)
+    compression: CompressionSettings = Field(default_factory=CompressionSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @classmethod

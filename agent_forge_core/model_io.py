@@ -46,6 +46,10 @@ def load_model(
         folder = os.path.expanduser(source)
     from .bitnet.checkpoint import is_bitnet_folder, load_bitnet
 
+    from .compression.artifact import is_compressed_folder, load_compressed
+
+    if is_compressed_folder(folder):  # compressed artifact: every tensor decoded once, here
+        return load_compressed(folder, device=str(resolve_device(device)))
     if is_bitnet_folder(folder):  # packed ternary checkpoint: rebuilt with packed inference layers
         return load_bitnet(folder, device=str(resolve_device(device)))
     kwargs: dict = {"trust_remote_code": trust_remote_code}

@@ -1,5 +1,7 @@
-"""Final compression (stage 8): per-tensor codecs with exact bit accounting.
-
-Built so far: the codec interface, the RTN baseline and SeedLM. The stage itself (plan, artifact,
-loader) is not built yet, so `compression.enabled` is still refused by the pipeline plan.
+"""Final compression (stage 8): per-tensor codecs with exact bit accounting (`codecs/`), the plan and
+`auto` selection (`plan.py`), calibration Hessians (`calibration.py`) and the artifact with its loader
+(`artifact.py`). The stage itself is `stages/compression.py`.
 """
+from .codecs import Codec, Encoded, get_codec
+
+__all__ = ["Codec", "Encoded", "get_codec"]

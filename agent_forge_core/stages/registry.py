@@ -18,7 +18,7 @@ def register(spec: StageSpec) -> StageSpec:
 
 
 def _load_builtin() -> None:
-    from . import bitnet, cognate, evomerge, importer  # noqa: F401  (registration on import)
+    from . import bitnet, cognate, compression, evomerge, importer  # noqa: F401  (registration on import)
 
 
 def get_stage(name: str) -> StageSpec:

@@ -1,0 +1,150 @@
+"""The compression stage on tiny models: the artifact rebuilds the model exactly as its payload says, its
+size on disk is the accounted bits, `auto` meets its target, BitNet layers pass through untouched."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from agent_forge_core.compression.artifact import MANIFEST, PAYLOAD, check_size, decode_state
+from agent_forge_core.compression.plan import Option, select_auto
+from agent_forge_core.context import make_context
+from agent_forge_core.errors import ConfigError
+from agent_forge_core.model_io import load_model
+from agent_forge_core.stages.registry import get_stage, plan
+from agent_forge_core.stages.runner import run_stage
+
+
+def rules(*items) -> str:
+    return "compression.rules=" + yaml.safe_dump(list(items), default_flow_style=True).strip()
+
+
+PROJ_VPTQ = {"pattern": "*_proj.weight", "codec": "vptq", "params": {"v": 4, "k": 16}}
+EMBED_RTN = {"pattern": "*embed_tokens.weight", "codec": "rtn", "params": {"bits": 8, "group": 64}}
+KEEP = {"pattern": "*", "codec": "keep"}
+
+
+def compress(tiny_settings, *extra):
+    s = tiny_settings("cognate.enabled=false", "compression.enabled=true", "compression.calibration_tokens=512",
+                      "compression.gates={}", *extra)
+    assert plan(s) == ["import", "compression"]
+    ctx = make_context(s)
+    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    r = run_stage(get_stage("compression"), [base], ctx)
+    (key,) = r.outputs
+    return ctx, base, key, r.info[key]
+
+
+def test_artifact_rebuilds_the_model_its_payload_describes(tiny_settings):
+    ctx, base, key, info = compress(tiny_settings, rules(PROJ_VPTQ, EMBED_RTN, KEEP), "compression.keep_dtype=float32")
+    folder = ctx.store.get(key)
+    assert not (folder / "model.safetensors").exists()  # no float copy of the model
+    assert {p.name for p in folder.glob("*.safetensors")} == {PAYLOAD}
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entries = manifest["tensors"]
+    codecs = {n: e["codec"] for n, e in entries.items()}
+    assert codecs["model.layers.0.self_attn.q_proj.weight"] == "vptq" and codecs["model.embed_tokens.weight"] == "rtn"
+    assert codecs["model.norm.weight"] == "keep"
+    total = manifest["totals"]
+    assert total["bits"] == sum(e["bits"] for e in entries.values())
+    assert total["bits_per_weight"] == pytest.approx(total["bits"] / total["weights"])
+    size = check_size(folder)  # bytes on disk == accounted bits (+ a byte of padding per packed field)
+    assert size["data_bytes"] * 8 >= size["accounted_bits"] == info["accounted_bits"]
+
+    # the rebuilt model is the original architecture holding exactly the decoded tensors
+    original, tok = load_model(str(ctx.store.get(base)))
+    rebuilt, _ = load_model(str(folder))
+    state, _ = decode_state(folder)
+    reference = type(original)(original.config)
+    reference.load_state_dict(state, strict=False)
+    reference.tie_weights()
+    ids = tok("Q: What is 12 + 30?\nA:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, reference.eval()(ids).logits)
+        drift = (rebuilt(ids).logits - original(ids).logits).abs().max().item()
+    assert 0 < drift  # it is compressed, not the original
+    w = original.state_dict()["model.layers.0.mlp.up_proj.weight"]
+    w_hat = rebuilt.state_dict()["model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(rebuilt.state_dict()["model.norm.weight"], original.state_dict()["model.norm.weight"])
+    assert 0 < ((w_hat - w).norm() / w.norm()).item() < 1.0  # 1 bit/weight (k=16, v=4): coarse, Hessian-weighted
+    # metrics are the rebuilt model's; the gate compared them with the input
+    m = ctx.store.manifest(key)
+    assert m.parents == [base] and m.info["compared_to"] == base and "perplexity" in m.metrics
+    assert m.info["hessians"] == 14  # 7 projections x 2 layers: VPTQ used calibration statistics
+
+
+def test_auto_meets_the_target_bits_within_the_error_budget(tiny_settings):
+    cands = "compression.auto_candidates=" + yaml.safe_dump(
+        [{"codec": "rtn", "params": {"bits": b, "group": 64}} for b in (2, 4, 8)], default_flow_style=True).strip()
+    auto = {"pattern": "*_proj.weight", "codec": "auto"}
+    ctx, _, key, info = compress(tiny_settings, rules(auto, EMBED_RTN, KEEP), cands, "compression.target_bpw=6.0",
+                                 "compression.error_budget=0.5")
+    assert info["bits_per_weight"] <= 6.0
+    assert len(info["auto_choices"]) >= 2  # a real trade-off: not one codec everywhere
+    entries = json.loads((ctx.store.get(key) / MANIFEST).read_text())["tensors"]
+    assert all(e["error"] <= 0.5 for n, e in entries.items() if n.endswith("_proj.weight"))
+    # an unreachable target is refused with the achievable minimum and the fix
+    with pytest.raises(ConfigError, match="raise target_bpw or error_budget"):
+        compress(tiny_settings, rules(auto, EMBED_RTN, KEEP), cands, "compression.target_bpw=2.0",
+                 "compression.error_budget=0.001")
+
+
+def test_select_auto_spends_bits_where_they_buy_accuracy():
+    # tensor a: 4 bits cut its error a lot; tensor b: barely. With room for one upgrade, a gets it.
+    opts = {"a": [Option(0, 200, 0.30, 100), Option(1, 400, 0.05, 100)],
+            "b": [Option(0, 200, 0.10, 100), Option(1, 400, 0.09, 100)]}
+    sel = select_auto(opts, fixed_bits=0, total_weights=200, target_bpw=3.0, error_budget=1.0)
+    assert (sel["a"].index, sel["b"].index) == (1, 0)
+    assert select_auto(opts, 0, 200, None, 1.0)["b"].index == 1  # no target: most accurate
+    assert select_auto(opts, 0, 200, 3.0, 0.2)["a"].index == 1  # over budget: 0.30 is not allowed
+
+
+def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
+    ctx, bit_key, key, info = None, None, None, None
+    s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1",
+                      "bitnet.measure_ptq=false", "bitnet.gates={}", "compression.enabled=true", "compression.gates={}",
+                      "compression.keep_dtype=float32", rules(KEEP))
+    assert plan(s) == ["import", "bitnet", "compression"]
+    ctx = make_context(s)
+    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    (bit_key,) = run_stage(get_stage("bitnet"), [base], ctx).outputs
+    (key,) = run_stage(get_stage("compression"), [bit_key], ctx).outputs
+    folder, bit_folder = ctx.store.get(key), ctx.store.get(bit_key)
+    entries = json.loads((folder / MANIFEST).read_text())["tensors"]
+    ternary = [n for n, e in entries.items() if e["codec"] == "ternary"]
+    assert len(ternary) == 14
+    packed, src = load_file(str(folder / PAYLOAD)), load_file(str(bit_folder / "model.safetensors"))
+    name = ternary[0].removesuffix(".weight")
+    assert torch.equal(packed[f"{name}.weight::packed"], src[f"{name}.packed"])
+    assert entries[ternary[0]]["bits_per_weight"] < 1.7
+    a, tok = load_model(str(folder))
+    b, _ = load_model(str(bit_folder))
+    ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+    check_size(folder)
+
+
+def test_a_payload_holding_more_than_accounted_is_refused(tiny_settings, tmp_path):
+    ctx, _, key, _ = compress(tiny_settings, rules(PROJ_VPTQ, EMBED_RTN, KEEP))
+    import shutil
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(ctx.store.get(key), folder)
+    payload = load_file(str(folder / PAYLOAD))
+    payload["smuggled"] = torch.zeros(1000)  # float weights nobody accounted for
+    save_file(payload, str(folder / PAYLOAD))
+    with pytest.raises(AssertionError, match="not what its manifest says"):
+        check_size(folder)
+
+
+def test_bad_plans_are_refused_before_any_work(tiny_settings):
+    with pytest.raises(ConfigError, match="vptq"):
+        tiny_settings(rules({"pattern": "*", "codec": "vptq", "params": {"k": 1}}))
+    with pytest.raises(ConfigError, match="codec hyper"):
+        tiny_settings(rules({"pattern": "*", "codec": "hyper", "params": {"bogus": 3}}))
+    with pytest.raises(ConfigError, match="compression.rules"):
+        tiny_settings(rules({"pattern": "*", "codec": "zip"}))
