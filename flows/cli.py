@@ -104,7 +104,15 @@ def cmd_export(args) -> int:
         print(f"error: {args.dir} exists and is not empty; choose an empty or new folder", file=sys.stderr)
         return 2
     from agent_forge_core.bitnet.checkpoint import export_dequantized, is_bitnet_folder
+    from agent_forge_core.compression.artifact import is_compressed_folder
 
+    if is_compressed_folder(src):
+        from agent_forge_core.model_io import load_model, save_model
+
+        model, tok = load_model(str(src))
+        save_model(model, tok, args.dir)
+        print(f"exported {args.key} to {args.dir}: every tensor decoded from the compressed artifact (float weights)")
+        return 0
     if is_bitnet_folder(src):
         export_dequantized(src, args.dir)
         print(f"exported {args.key} to {args.dir} as float weights with the ternary values (activations not quantized)")

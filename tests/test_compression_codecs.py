@@ -162,6 +162,7 @@ def test_serialized_size_matches_the_accounted_bits():
         back = Encoded.from_packed(name, enc.shape, load(blob), enc.params, enc.widths,
                                    {k: list(v.shape) for k, v in enc.payload.items()}, enc.extra_bits)
         assert torch.equal(c.decode(back), c.decode(enc))
+        assert save(c.encode(w).packed()) == blob  # deterministic, byte for byte
 
 
 def test_hyper_codebook_is_the_reference_winding_and_nearest_point_is_exact():

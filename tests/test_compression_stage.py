@@ -148,3 +148,30 @@ def test_bad_plans_are_refused_before_any_work(tiny_settings):
         tiny_settings(rules({"pattern": "*", "codec": "hyper", "params": {"bogus": 3}}))
     with pytest.raises(ConfigError, match="compression.rules"):
         tiny_settings(rules({"pattern": "*", "codec": "zip"}))
+
+
+def test_a_failed_gate_fails_the_stage_and_publishes_nothing(tiny_settings):
+    from agent_forge_core.errors import GateFailed
+
+    s = tiny_settings("cognate.enabled=false", "compression.enabled=true", "compression.calibration_tokens=0",
+                      rules({"pattern": "*_proj.weight", "codec": "rtn", "params": {"bits": 2, "group": 64}}, KEEP),
+                      "compression.gates={perplexity: 0.0001}")
+    ctx = make_context(s)
+    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    with pytest.raises(GateFailed, match="perplexity"):
+        run_stage(get_stage("compression"), [base], ctx)
+    assert [k for k in ctx.store.list() if k.startswith("compression-")] == []
+
+
+def test_export_decodes_the_artifact_into_a_plain_folder(tiny_settings, tmp_path):
+    from flows.cli import main
+
+    ctx, _, key, _ = compress(tiny_settings, rules(PROJ_VPTQ, EMBED_RTN, KEEP))
+    out = tmp_path / "plain"
+    assert main(["export", key, str(out), "--set", f"store.url={ctx.settings.store.url}"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / MANIFEST).exists()
+    a, tok = load_model(str(out))
+    b, _ = load_model(str(ctx.store.get(key)))
+    ids = tok("Q: What is 2 + 2?\nA:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
