@@ -279,15 +279,15 @@ class CompressionSettings(StageSection):
     )
     auto_candidates: list[AutoCandidate] = Field(
         default_factory=lambda: [
+            AutoCandidate(codec="vptq", params={"v": 4, "k": 256}),
             AutoCandidate(codec="vptq", params={"v": 4, "k": 256, "residual_k": 16}),
-            AutoCandidate(codec="vptq", params={"v": 4, "k": 256, "residual_k": 256}),
-            AutoCandidate(codec="rtn", params={"bits": 4, "group": 64}),
+            AutoCandidate(codec="hyper", params={"n": 256, "spacing": "geometric"}),
             AutoCandidate(codec="rtn", params={"bits": 6, "group": 64}),
         ],
         min_length=1, description="What `auto` tries on each tensor (each one encodes it: cost adds up).",
     )
     error_budget: float = Field(0.05, gt=0, description="auto: largest relative (Hessian-weighted) error a tensor may get.")
-    target_bpw: float | None = Field(5.0, gt=0, description="auto: model-wide bits per weight to meet (all tensors counted).")
+    target_bpw: float | None = Field(4.5, gt=0, description="auto: model-wide bits per weight to meet (all tensors counted).")
     keep_dtype: Literal["float16", "float32"] = Field("float16", description="How kept tensors (norms...) are stored.")
     calibration_tokens: int = Field(4096, ge=0, description="Held-in text tokens for the Hessians (0: no Hessian).")
     calibration_len: int = Field(256, gt=8)

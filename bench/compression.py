@@ -48,6 +48,7 @@ def variants(seeds: int) -> list[tuple[str, str, dict]]:
         ("VPTQ v4 k256 + res16 (~3 bpw)", "vptq", {"codec": "vptq", "params": {"v": 4, "k": 256, "residual_k": 16}}),
         ("SeedLM C8 P3 (4 bpw)", "seedlm", {"codec": "seedlm", "params": {"C": 8, "P": 3, "n_seeds": seeds, "chunk": 64}}),
         ("SeedLM C12 P4 (3 bpw)", "seedlm", {"codec": "seedlm", "params": {"C": 12, "P": 4, "n_seeds": seeds, "chunk": 64}}),
+        ("auto (default candidates, 4.5 bpw model-wide)", "auto", {"codec": "auto"}),
     ]
 
 
@@ -64,7 +65,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for family in ("rtn", "vptq", "seedlm", "hyper"):
+    for family in ("rtn", "vptq", "seedlm", "hyper", "auto"):
         rows = sorted((r for r in results["rows"] if r["family"] == family), key=lambda r: r["linear_bpw"])
         if rows:
             ax.plot([r["linear_bpw"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=family)
@@ -101,6 +102,10 @@ def main() -> None:
                "float_bytes": sum(f.stat().st_size for f in ctx.store.get(base).glob("*.safetensors")),
                "seedlm_seeds": args.seedlm_seeds, "eval": s.eval.model_dump(), "rows": []}
     only = set(filter(None, args.only.split(",")))
+    if only and path.is_file():  # a partial run adds to (or replaces) rows of the last full run
+        previous = json.loads(path.read_text())
+        if previous.get("float") == results["float"]:
+            results["rows"] = previous["rows"]
     for label, family, rule in variants(args.seedlm_seeds):
         if only and family not in only:
             continue

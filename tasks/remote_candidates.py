@@ -107,7 +107,8 @@ class DeploymentEvaluator:
         elif kind == "CANCELLED":
             return crashed_result(RuntimeError(f"candidate run {run.flow_run_id} was cancelled"))
         elif kind == "RUNNING":
-            run.running_since = run.running_since or now
+            if run.running_since is None:
+                run.running_since = now
             if now - run.running_since <= self.cfg.run_timeout_s:
                 return None
             self.client.set_flow_run_state(run.flow_run_id, _cancelling(), force=True)
