@@ -11,7 +11,7 @@ bench/results/compression_rd.png (bits per weight vs perplexity, one line per co
 
 SeedLM's search is exhaustive over 2^16-1 seeds in the codec; on 2 CPU cores that is ~30 h for this
 model, so the benchmark runs it over the first `--seedlm-seeds` seeds (recorded in the results).
-Usage: python bench/compression.py [--store DIR] [--seedlm-seeds 1024] [--only rtn,vptq,...] [--set k=v ...]
+Usage: python bench/compression.py [--store DIR] [--seedlm-seeds 1024] [--only FAMILY|LABEL ...] [--set k=v ...]
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def variants(seeds: int) -> list[tuple[str, str, dict]]:
         ("Hyper n=64 geometric", "hyper", {"codec": "hyper", "params": {"n": 64, "spacing": "geometric"}}),
         ("VPTQ v4 k256 (~2 bpw)", "vptq", {"codec": "vptq", "params": {"v": 4, "k": 256}}),
         ("VPTQ v4 k256 + res16 (~3 bpw)", "vptq", {"codec": "vptq", "params": {"v": 4, "k": 256, "residual_k": 16}}),
-        ("SeedLM C8 P3 (4 bpw)", "seedlm", {"codec": "seedlm", "params": {"C": 8, "P": 3, "n_seeds": seeds, "chunk": 64}}),
-        ("SeedLM C12 P4 (3 bpw)", "seedlm", {"codec": "seedlm", "params": {"C": 12, "P": 4, "n_seeds": seeds, "chunk": 64}}),
+        (f"SeedLM C8 P3 (4 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 8, "P": 3, "n_seeds": seeds, "chunk": 64}}),
+        (f"SeedLM C12 P4 (3 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 12, "P": 4, "n_seeds": seeds, "chunk": 64}}),
         ("auto (default candidates, 4.5 bpw model-wide)", "auto", {"codec": "auto"}),
     ]
 
@@ -64,11 +64,13 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def line(r: dict) -> str:  # SeedLM runs with different seed counts are different curves
+        return f"seedlm, {r['rule']['params']['n_seeds']} seeds" if r["family"] == "seedlm" else r["family"]
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for family in ("rtn", "vptq", "seedlm", "hyper", "auto"):
-        rows = sorted((r for r in results["rows"] if r["family"] == family), key=lambda r: r["linear_bpw"])
-        if rows:
-            ax.plot([r["linear_bpw"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=family)
+    for name in sorted({line(r) for r in results["rows"]}):
+        rows = sorted((r for r in results["rows"] if line(r) == name), key=lambda r: r["linear_bpw"])
+        ax.plot([r["linear_bpw"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=name)
     ax.axhline(results["float"]["perplexity"], color="k", ls="--", lw=1, label="float32")
     ax.set_xlabel("bits per weight (linear projections)")
     ax.set_ylabel("held-out perplexity (log)")
@@ -85,7 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=None, help="store folder to reuse (the imported model is kept there)")
     ap.add_argument("--seedlm-seeds", type=int, default=1024)
-    ap.add_argument("--only", default="", help="comma-separated codec families to run (default: all)")
+    ap.add_argument("--only", action="append", default=[], help="a codec family or row label to run (repeatable; default: all)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -101,13 +103,13 @@ def main() -> None:
     results = {"model": s.model.source, "float": {m: float_metrics[m] for m in METRICS},
                "float_bytes": sum(f.stat().st_size for f in ctx.store.get(base).glob("*.safetensors")),
                "seedlm_seeds": args.seedlm_seeds, "eval": s.eval.model_dump(), "rows": []}
-    only = set(filter(None, args.only.split(",")))
+    only = set(args.only)
     if only and path.is_file():  # a partial run adds to (or replaces) rows of the last full run
         previous = json.loads(path.read_text())
         if previous.get("float") == results["float"]:
             results["rows"] = previous["rows"]
     for label, family, rule in variants(args.seedlm_seeds):
-        if only and family not in only:
+        if only and family not in only and label not in only:
             continue
         rules = [{"pattern": "*_proj.weight", **rule},
                  {"pattern": "*embed_tokens.weight", "codec": "rtn", "params": {"bits": 8, "group": 64}},
