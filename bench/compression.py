@@ -32,7 +32,7 @@ OUT = Path(__file__).resolve().parent / "results"
 METRICS = ("perplexity", "arithmetic", "recall", "instruction")
 
 
-def variants(seeds: int) -> list[tuple[str, str, dict]]:
+def variants(seeds: int, device: str = "cpu") -> list[tuple[str, str, dict]]:
     """(label, family, codec rule for the linears)."""
     return [
         ("RTN 2b/g64", "rtn", {"codec": "rtn", "params": {"bits": 2, "group": 64}}),
@@ -46,8 +46,8 @@ def variants(seeds: int) -> list[tuple[str, str, dict]]:
         ("Hyper n=64 geometric", "hyper", {"codec": "hyper", "params": {"n": 64, "spacing": "geometric"}}),
         ("VPTQ v4 k256 (~2 bpw)", "vptq", {"codec": "vptq", "params": {"v": 4, "k": 256}}),
         ("VPTQ v4 k256 + res16 (~3 bpw)", "vptq", {"codec": "vptq", "params": {"v": 4, "k": 256, "residual_k": 16}}),
-        (f"SeedLM C8 P3 (4 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 8, "P": 3, "n_seeds": seeds, "chunk": 64}}),
-        (f"SeedLM C12 P4 (3 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 12, "P": 4, "n_seeds": seeds, "chunk": 64}}),
+        (f"SeedLM C8 P3 (4 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 8, "P": 3, "n_seeds": seeds, "chunk": 64, "device": device}}),
+        (f"SeedLM C12 P4 (3 bpw, {seeds} seeds)", "seedlm", {"codec": "seedlm", "params": {"C": 12, "P": 4, "n_seeds": seeds, "chunk": 64, "device": device}}),
         ("auto (default candidates, 4.5 bpw model-wide)", "auto", {"codec": "auto"}),
     ]
 
@@ -86,7 +86,8 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=None, help="store folder to reuse (the imported model is kept there)")
-    ap.add_argument("--seedlm-seeds", type=int, default=1024)
+    ap.add_argument("--seedlm-seeds", type=int, default=1024, help="65535 = the paper's exhaustive search (use a GPU)")
+    ap.add_argument("--seedlm-device", default="cpu", help="where SeedLM's seed search runs: cpu, cuda, auto")
     ap.add_argument("--only", action="append", default=[], help="a codec family or row label to run (repeatable; default: all)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
@@ -108,7 +109,7 @@ def main() -> None:
         previous = json.loads(path.read_text())
         if previous.get("float") == results["float"]:
             results["rows"] = previous["rows"]
-    for label, family, rule in variants(args.seedlm_seeds):
+    for label, family, rule in variants(args.seedlm_seeds, args.seedlm_device):
         if only and family not in only and label not in only:
             continue
         rules = [{"pattern": "*_proj.weight", **rule},

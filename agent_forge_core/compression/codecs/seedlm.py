@@ -37,18 +37,23 @@ def basis_of(seeds: torch.Tensor, C: int, P: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=4)
-def bases(C: int, P: int, n_seeds: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(seeds, U (S,C,P), U⁺ (S,P,C)) in float64 for seeds 1..n_seeds."""
+def bases(C: int, P: int, n_seeds: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(seeds, U (S,C,P), U⁺ (S,P,C)) in float64 for seeds 1..n_seeds, on `device`."""
     seeds = torch.arange(1, n_seeds + 1, dtype=torch.int64)
     U = basis_of(seeds, C, P)
-    return seeds, U, torch.linalg.pinv(U)
+    return seeds.to(device), U.to(device), torch.linalg.pinv(U).to(device)
 
 
 @register
 class SeedLM(Codec):
     name = "seedlm"
 
-    def __init__(self, C: int = 8, P: int = 3, n_seeds: int = lfsr.PERIOD, chunk: int = 16):
+    def __init__(self, C: int = 8, P: int = 3, n_seeds: int = lfsr.PERIOD, chunk: int = 16, device: str = "cpu"):
+        if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+            raise ConfigError(f"seedlm device must be cpu, cuda, cuda:N or auto, got {device!r}")
+        if device == "auto":  # the exhaustive search is a GPU-sized job (~30 h for 135M weights on 2 cores)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         if not (1 <= P < C):
             raise ConfigError(f"seedlm needs 1 <= P < C, got C={C}, P={P}")
         if not 1 <= n_seeds <= lfsr.PERIOD:
@@ -62,8 +67,8 @@ class SeedLM(Codec):
         C, P = self.C, self.P
         flat = w.detach().reshape(-1).double()
         n = flat.numel()
-        blocks = torch.nn.functional.pad(flat, (0, (-n) % C)).reshape(-1, C)
-        seeds, U, pinv = bases(C, P, self.n_seeds)
+        blocks = torch.nn.functional.pad(flat, (0, (-n) % C)).reshape(-1, C).to(self.device)
+        seeds, U, pinv = bases(C, P, self.n_seeds, self.device)
         # a typical seed's gain ‖U⁺‖_∞ (the median): near-degenerate seeds need larger coefficients, get
         # clipped and lose the search; sizing the window for them would zero every small coefficient
         gain = pinv.abs().sum(-1).amax(-1).median().item()
@@ -83,10 +88,10 @@ class SeedLM(Codec):
             recon = torch.einsum("scp,sbp->sbc", U, q * scale)
             err = ((recon - b.unsqueeze(0)) ** 2).sum(-1)  # (S, B)
             k = err.argmin(0)  # lowest seed wins ties: deterministic
-            cols = torch.arange(len(b))
-            best_seed[i: i + len(b)] = seeds[k]
-            best_e[i: i + len(b)] = e[k, cols].long()
-            best_q[i: i + len(b)] = q[k, cols].long()
+            cols = torch.arange(len(b), device=b.device)
+            best_seed[i: i + len(b)] = seeds[k].cpu()
+            best_e[i: i + len(b)] = e[k, cols].long().cpu()
+            best_q[i: i + len(b)] = q[k, cols].long().cpu()
         payload = {
             "seed": best_seed.to(torch.int32),
             "exponent": (best_e - lo).to(torch.uint8),  # 0..15
