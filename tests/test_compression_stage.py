@@ -103,7 +103,6 @@ def test_select_auto_spends_bits_where_they_buy_accuracy():
 
 
 def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
-    ctx, bit_key, key, info = None, None, None, None
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1",
                       "bitnet.measure_ptq=false", "bitnet.gates={}", "compression.enabled=true", "compression.gates={}",
                       "compression.keep_dtype=float32", rules(KEEP))

@@ -32,6 +32,10 @@ from .registry import register
 KEEP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+def numel(shape) -> int:
+    return torch.Size(shape).numel()
+
+
 def _ternary_layers(folder) -> set[str]:
     meta = folder / BITNET_META
     return set(json.loads(meta.read_text())["layers"]) if meta.is_file() else set()
@@ -101,15 +105,15 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
         packed, gamma = ckpt.get(f"{t}.packed"), ckpt.get(f"{t}.gamma")
         stored[f"{t}.weight{SEP}packed"], stored[f"{t}.weight{SEP}gamma"] = packed, gamma
         shape = json.loads((src / BITNET_META).read_text())["layers"][t]
-        entries[f"{t}.weight"] = {"codec": "ternary", "shape": shape, "bits": (packed.numel() + gamma.numel() * 4) * 8,
-                                  "bits_per_weight": (packed.numel() + gamma.numel() * 4) * 8 / torch.Size(shape).numel(),
+        bits = (packed.numel() + gamma.numel() * gamma.element_size()) * 8
+        entries[f"{t}.weight"] = {"codec": "ternary", "shape": shape, "bits": bits, "bits_per_weight": bits / numel(shape),
                                   "rule": -1, "passthrough": ["packed", "gamma"]}
     picked = {}
     if auto:
         fixed = sum(e["bits"] for e in entries.values())
-        total = sum(torch.Size(e["shape"]).numel() for e in entries.values() if e["codec"] != "tied") + sum(
-            math_prod(opts[0][1].shape) for opts in auto.values())
-        options = {n: [Option(j, enc.bits, err, math_prod(enc.shape)) for j, (_, enc, err) in enumerate(opts)]
+        total = sum(numel(e["shape"]) for e in entries.values() if e["codec"] != "tied") + sum(
+            numel(opts[0][1].shape) for opts in auto.values())
+        options = {n: [Option(j, enc.bits, err, numel(enc.shape)) for j, (_, enc, err) in enumerate(opts)]
                    for n, opts in auto.items()}
         chosen = select_auto(options, fixed, total, cfg.target_bpw, cfg.error_budget)
         for n, opt in chosen.items():
@@ -132,10 +136,6 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
     ctx.log.info("compression: %.3f bits/weight model-wide (%.3f over coded tensors), %d payload bytes",
                  totals["bits_per_weight"], totals["coded_bits_per_weight"], totals["payload_bytes"])
     yield Built(variant="", folder=folder, parent=parent, info=info)  # evaluated as rebuilt from the artifact
-
-
-def math_prod(shape) -> int:
-    return torch.Size(shape).numel()
 
 
 def _store(stored: dict, entries: dict, name: str, enc, err: float, rule: int) -> None:
