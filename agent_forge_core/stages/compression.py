@@ -124,7 +124,7 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
     totals = write_artifact(folder, stored, entries, src, {"source": parent, "ternary_passthrough": sorted(ternary)})
     size = check_size(folder)
     t0 = time.time()
-    decode_state(folder)
+    decode_state(folder)  # timed once here from the files as written; the runner's load decodes again to evaluate
     decode_s = time.time() - t0
     auto_summary: dict[str, int] = {}
     for v in picked.values():

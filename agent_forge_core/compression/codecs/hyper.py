@@ -66,6 +66,15 @@ def nearest_lattice(u: torch.Tensor, n: int, L: float) -> torch.Tensor:
     return best_i
 
 
+def decode_points(idx: torch.Tensor, n: int, spacing: str, c: torch.Tensor, L: float, K: int, r_max: float) -> torch.Tensor:
+    """Index -> 2-D point: the codebook point, scaled back out of the square by its ring's factor."""
+    cls, i = idx // n, idx % n
+    q = lattice_points(n, L)[i] - L / 2
+    rings = ring_bounds(L, r_max, K, spacing)
+    factor = torch.where(cls == 0, torch.ones(len(idx), dtype=torch.float64), (L / 2) / rings[(cls - 1).clamp(min=0)])
+    return q / factor[:, None] + c
+
+
 @register
 class HyperCompression(Codec):
     name = "hyper"
@@ -94,13 +103,6 @@ class HyperCompression(Codec):
         i = nearest_lattice((d * factor[:, None]).clamp(-L / 2, L / 2) + L / 2, self.n, L)
         return i + self.n * cls
 
-    def _decode_points(self, idx: torch.Tensor, c: torch.Tensor, L: float, K: int, r_max: float) -> torch.Tensor:
-        cls, i = idx // self.n, idx % self.n
-        q = lattice_points(self.n, L)[i] - L / 2
-        rings = ring_bounds(L, r_max, K, self.spacing)
-        factor = torch.where(cls == 0, torch.ones(len(idx), dtype=torch.float64), (L / 2) / rings[(cls - 1).clamp(min=0)])
-        return q / factor[:, None] + c
-
     def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
         flat = w.detach().reshape(-1).double()
         pad = flat.numel() % 2
@@ -115,7 +117,7 @@ class HyperCompression(Codec):
             L = float(torch.tensor(side * std).float())
             for K in range(1, self.class_max + 1):
                 idx = self._encode_with(pts, c, L, K, r_max)
-                err = ((self._decode_points(idx, c, L, K, r_max) - pts) ** 2).sum().item()
+                err = ((decode_points(idx, self.n, self.spacing, c, L, K, r_max) - pts) ** 2).sum().item()
                 if best is None or err < best[0]:
                     best = (err, idx, L, K)
         _, idx, L, K = best
@@ -126,7 +128,7 @@ class HyperCompression(Codec):
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         g = enc.payload["geometry"].double()
-        codec = HyperCompression(n=enc.params["n"], class_max=enc.params["K"], spacing=enc.params["spacing"])
-        pts = codec._decode_points(enc.payload["index"].long(), g[:2], g[2].item(), enc.params["K"], g[3].item())
+        p = enc.params
+        pts = decode_points(enc.payload["index"].long(), p["n"], p["spacing"], g[:2], g[2].item(), p["K"], g[3].item())
         flat = pts.reshape(-1)
         return flat[: flat.numel() - enc.params["pad"]].reshape(enc.shape).float()
