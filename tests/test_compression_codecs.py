@@ -6,7 +6,7 @@ import torch
 
 from agent_forge_core.compression import lfsr
 from agent_forge_core.compression.codecs import get_codec
-from agent_forge_core.compression.codecs.seedlm import basis_of, bases
+from agent_forge_core.compression.codecs.seedlm import basis_of, bases, projector_features, search_all, search_pruned
 
 
 def test_lfsr_known_answer_and_maximal_period():
@@ -50,6 +50,22 @@ def test_seedlm_bits_are_exact_and_output_deterministic():
         assert int(enc.payload["exponent"].max()) <= 15
         again = c.encode(w)
         assert all(torch.equal(enc.payload[k], again.payload[k]) for k in enc.payload)
+
+
+def test_seedlm_pruned_search_is_the_exhaustive_argmin():
+    # the bound-pruned search the codec runs must pick exactly what scoring all 65,535 seeds picks,
+    # also for all-zero blocks, tiny-norm blocks and heavy tails; the reference costs ~40 ms a block
+    for (C, P) in ((8, 3), (12, 4)):
+        _, U, pinv = bases(C, P, lfsr.PERIOD)
+        feats = projector_features(C, P, lfsr.PERIOD)
+        m = matrices()
+        blocks = torch.cat([m["gaussian"].reshape(-1, C)[:10], m["student-t(3)"].reshape(-1, C)[:10],
+                            torch.zeros(1, C), m["gaussian"].reshape(-1, C)[10:11] * 1e-6]).double()
+        lo, hi = -20, -5
+        k, e, q, scored = search_pruned(blocks, feats, U, pinv, lo, hi)
+        k_ref, e_ref, q_ref = search_all(blocks, U, pinv, lo, hi)
+        assert torch.equal(k, k_ref) and torch.equal(e, e_ref) and torch.equal(q, q_ref), (C, P)
+        assert scored < 0.1 * lfsr.PERIOD * len(blocks)  # the bound did rule out most seeds
 
 
 def test_seedlm_beats_rtn_at_equal_or_fewer_bits():
