@@ -54,7 +54,7 @@ def test_seedlm_bits_are_exact_and_output_deterministic():
 
 def test_seedlm_pruned_search_is_the_exhaustive_argmin():
     # the bound-pruned search the codec runs must pick exactly what scoring all 65,535 seeds picks,
-    # also for all-zero blocks, tiny-norm blocks and heavy tails; the reference costs ~40 ms a block
+    # also for all-zero blocks, tiny-norm blocks (exact ties) and heavy tails
     for (C, P) in ((8, 3), (12, 4)):
         _, U, pinv = bases(C, P, lfsr.PERIOD)
         feats = projector_features(C, P, lfsr.PERIOD)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from typing import Iterator
 
 import torch
@@ -36,9 +37,10 @@ def numel(shape) -> int:
     return torch.Size(shape).numel()
 
 
-def _ternary_layers(folder) -> set[str]:
+def _ternary_layers(folder) -> dict[str, list[int]]:
+    """{BitLinear module name: weight shape} of a BitNet checkpoint; empty for any other."""
     meta = folder / BITNET_META
-    return set(json.loads(meta.read_text())["layers"]) if meta.is_file() else set()
+    return json.loads(meta.read_text())["layers"] if meta.is_file() else {}
 
 
 def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, variants: list[str]) -> Iterator[Built]:
@@ -48,7 +50,8 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
     ternary = _ternary_layers(src)
     tied = bool(json.loads((src / "config.json").read_text()).get("tie_word_embeddings", False))
     rules = [r.model_dump() for r in cfg.rules]
-    names = [n for n in ckpt.names() if not any(n in (f"{t}.packed", f"{t}.gamma") for t in ternary)]
+    passthrough = {f"{t}.{field}" for t in ternary for field in ("packed", "gamma")}
+    names = [n for n in ckpt.names() if n not in passthrough]
     choices = {n: match(n, ckpt.infos[n].shape, rules) for n in names}
     if tied and "lm_head.weight" in choices:
         choices.pop("lm_head.weight")
@@ -104,7 +107,7 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
     for t in sorted(ternary):  # BitNet layers: their packed codes as they are
         packed, gamma = ckpt.get(f"{t}.packed"), ckpt.get(f"{t}.gamma")
         stored[f"{t}.weight{SEP}packed"], stored[f"{t}.weight{SEP}gamma"] = packed, gamma
-        shape = json.loads((src / BITNET_META).read_text())["layers"][t]
+        shape = ternary[t]
         bits = (packed.numel() + gamma.numel() * gamma.element_size()) * 8
         entries[f"{t}.weight"] = {"codec": "ternary", "shape": shape, "bits": bits, "bits_per_weight": bits / numel(shape),
                                   "rule": -1, "passthrough": ["packed", "gamma"]}
@@ -126,9 +129,7 @@ def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, varian
     t0 = time.time()
     decode_state(folder)  # timed once here from the files as written; the runner's load decodes again to evaluate
     decode_s = time.time() - t0
-    auto_summary: dict[str, int] = {}
-    for v in picked.values():
-        auto_summary[v] = auto_summary.get(v, 0) + 1
+    auto_summary = dict(Counter(picked.values()))
     info = {"bits_per_weight": totals["bits_per_weight"], "coded_bits_per_weight": totals["coded_bits_per_weight"],
             "by_codec": totals["by_codec"], "payload_bytes": totals["payload_bytes"], **size,
             "auto_choices": auto_summary, "encode_seconds": encode_s, "decode_seconds": decode_s,
