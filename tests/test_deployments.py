@@ -124,28 +124,33 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
 def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, forge_overrides, moto_s3):
     stack.start_worker("gpu", **S3_ENV)
     killed: list[dict] = []
+    both_running: list[list[str]] = []
     stop = threading.Event()
 
-    def kill_first_running_candidate():
+    def kill_a_candidate_once_two_run_at_once():
+        # seeing two RUNNING at once is the direct evidence that the pool runs candidates in parallel;
+        # killing one of them then crashes a run mid-evaluation, not before it started
         while not stop.is_set() and not killed:
-            for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]}, state={"type": {"any_": ["RUNNING"]}}):
-                if r["infrastructure_pid"]:
-                    os.kill(int(str(r["infrastructure_pid"]).split(":")[-1]), signal.SIGKILL)
-                    killed.append(r)
-                    return
+            running = [r for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]},
+                                                  state={"type": {"any_": ["RUNNING"]}}) if r["infrastructure_pid"]]
+            if len(running) >= 2:
+                both_running.append([r["name"] for r in running])
+                os.kill(int(str(running[0]["infrastructure_pid"]).split(":")[-1]), signal.SIGKILL)
+                killed.append(running[0])
+                return
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_first_running_candidate, daemon=True)
+    killer = threading.Thread(target=kill_a_candidate_once_two_run_at_once, daemon=True)
     killer.start()
     sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.executor=deployment",
                         "evomerge.population=4", "evomerge.generations=1", "evomerge.run_retries=1",
-                        "evomerge.poll_s=0.5", "evomerge.candidate_eval.n_examples=4",
-                        "evomerge.candidate_eval.ppl_tokens=256", "evomerge.gates.perplexity=100"]
+                        "evomerge.poll_s=0.5", "evomerge.candidate_eval.n_examples=12",
+                        "evomerge.candidate_eval.ppl_tokens=1024", "evomerge.gates.perplexity=100"]
             for a in ("--set", o)]
     r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)
     stop.set()
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{stack.log('worker-gpu')}"
-    assert len(killed) == 1
+    assert len(killed) == 1 and len(both_running[0]) == 2, (both_running, stack.log("worker-gpu"))
 
     runs = stack.flow_runs(tags={"all_": ["evomerge-candidate"]})
     states = sorted(x["state_type"] for x in runs)
@@ -156,13 +161,20 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
     assert len(retry) == 1 and retry[0]["name"] == crashed["name"] + "-retry1"
     assert all(x["parent_task_run_id"] for x in runs)  # subflows of the evomerge stage's task run
 
-    # never more than the pool's limit at once, and the limit was used
-    events = sorted([(_ts(x["start_time"]), 1) for x in runs] + [(_ts(x["end_time"]), -1) for x in runs])
-    level = peak = 0
-    for _, d in events:
-        level += d
-        peak = max(peak, level)
-    assert peak == 2
+
+    # The evaluator keeps the pool's limit of runs in flight (created -> end) and the pool runs at most
+    # that many (start -> end): 2 each, never more.
+    def peak(windows):
+        events = sorted([(_ts(a), 1) for a, _ in windows] + [(_ts(b), -1) for _, b in windows])
+        level = top = 0
+        for _, d in events:
+            level += d
+            top = max(top, level)
+        return top
+
+    timeline = [(x["name"], x["created"], x["start_time"], x["end_time"]) for x in runs]
+    assert peak([(x["created"], x["end_time"]) for x in runs]) == 2, timeline
+    assert peak([(x["start_time"], x["end_time"]) for x in runs]) == 2, timeline
 
     # every candidate scored (none worst): the killed one by its retry; history read back from S3
     import fsspec
