@@ -81,13 +81,19 @@ def test_slots_stay_busy_and_bounded(tmp_path):
     store = CheckpointStore(str(tmp_path / "store"))
     c = cfg(population=4, generations=3)
     running, peak, lock = [0], [0], threading.Lock()
+    # the first three evaluations wait for each other: they pass only if three really run at once
+    together, calls = threading.Barrier(3, timeout=30), [0]
     inner = fake_fitness([], delay=0.02)
 
     def fn(req):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
+            calls[0] += 1
+            first = calls[0] <= 3
         try:
+            if first:
+                together.wait()
             return inner(req)
         finally:
             with lock:
@@ -95,6 +101,7 @@ def test_slots_stay_busy_and_bounded(tmp_path):
 
     h = run_search(GenomeSpace(MODELS, "base", c), c, ThreadEvaluator(fn, slots=3), store, "run1")
     assert peak[0] == 3 and len(h.candidates) == 12
+    assert all(x["status"] == "ok" for x in h.candidates)
 
 
 class Killed(Exception):
