@@ -64,3 +64,15 @@ def moto_s3():
                  region_name="us-east-1").create_bucket(Bucket="forge")
     yield endpoint
     server.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Prefect stops its ephemeral server at exit and logs that to the stderr pytest has closed by then
+    # ("I/O operation on closed file"); stop it while the stream is still open, after the run logs
+    # still queued for it are sent.
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogWorker.drain_all(timeout=5)
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
