@@ -2,11 +2,13 @@
 bit accounting against the serialized payload."""
 import math
 
+import pytest
 import torch
 
 from agent_forge_core.compression import lfsr
 from agent_forge_core.compression.codecs import get_codec
 from agent_forge_core.compression.codecs.seedlm import basis_of, bases, projector_features, search_all, search_pruned
+from agent_forge_core.errors import ConfigError
 
 
 def test_lfsr_known_answer_and_maximal_period():
@@ -66,6 +68,13 @@ def test_seedlm_pruned_search_is_the_exhaustive_argmin():
         k_ref, e_ref, q_ref = search_all(blocks, U, pinv, lo, hi)
         assert torch.equal(k, k_ref) and torch.equal(e, e_ref) and torch.equal(q, q_ref), (C, P)
         assert scored < 0.1 * lfsr.PERIOD * len(blocks)  # the bound did rule out most seeds
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_seedlm_cuda_search_without_a_gpu_is_refused_clearly():
+    with pytest.raises(ConfigError, match="no usable CUDA device.*cpu or auto"):
+        get_codec("seedlm", device="cuda").encode(torch.randn(4, 8))
+    assert get_codec("seedlm", device="auto").device == "cpu"
 
 
 def test_seedlm_beats_rtn_at_equal_or_fewer_bits():

@@ -170,6 +170,10 @@ class SeedLM(Codec):
         return lfsr.K + EXPONENT + MANTISSA * self.P
 
     def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
+        # checked here, where the search runs, not at config load: the config may be written on a CPU machine
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"seedlm device={self.device!r} but this machine has no usable CUDA device; "
+                              "set the seedlm rule's params.device to cpu or auto")
         C, P = self.C, self.P
         flat = w.detach().reshape(-1).double()
         n = flat.numel()
