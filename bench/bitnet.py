@@ -21,8 +21,7 @@ import torch
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
 from agent_forge_core.model_io import load_model
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 
 METRICS = ("perplexity", "arithmetic", "recall", "instruction")
 
@@ -52,11 +51,11 @@ def main() -> None:
         s = load_settings(overrides=[*common, *args.overrides])
         ctx = make_context(s)
         t0 = time.time()
-        base = run_stage(get_stage("import"), [], ctx)
+        base = run_stage_on("import", [], ctx)
         (base_key,) = base.outputs
         rows["(a) float"] = base.metrics[base_key]
         t1 = time.time()
-        quick = run_stage(get_stage("bitnet"), [base_key], ctx)
+        quick = run_stage_on("bitnet", [base_key], ctx)
         (qkey,) = quick.outputs
         rows["(b) PTQ ternary"] = quick.info[qkey]["ptq_metrics"]
         rows[f"(c) QAT {s.bitnet.steps} steps"] = quick.metrics[qkey]
@@ -64,7 +63,7 @@ def main() -> None:
         long_overrides = [*common, *args.overrides, f"bitnet.steps={args.long_steps}",
                           f"bitnet.warmup={min(args.long_steps, 3 * s.bitnet.warmup)}", "bitnet.measure_ptq=false"]
         s_long = load_settings(overrides=long_overrides)
-        long = run_stage(get_stage("bitnet"), [base_key], make_context(s_long))
+        long = run_stage_on("bitnet", [base_key], make_context(s_long))
         (lkey,) = long.outputs
         rows[f"(d) QAT {args.long_steps} steps"] = long.metrics[lkey]
         t3 = time.time()

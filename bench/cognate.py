@@ -16,8 +16,7 @@ from pathlib import Path
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
 from agent_forge_core.evals.suite import is_lower_better
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 
 
 def main() -> None:
@@ -30,9 +29,9 @@ def main() -> None:
         s = load_settings(overrides=[f"store.url={tmp}/store", f"work_dir={tmp}/work", *args.overrides], profile=args.profile)
         ctx = make_context(s)
         t0 = time.time()
-        base = run_stage(get_stage("import"), [], ctx)
+        base = run_stage_on("import", [], ctx)
         t1 = time.time()
-        cog = run_stage(get_stage("cognate"), base.outputs, ctx)
+        cog = run_stage_on("cognate", base.outputs, ctx)
         t2 = time.time()
     base_m = base.metrics[base.outputs[0]]
     rows = []

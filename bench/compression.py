@@ -25,8 +25,7 @@ import yaml
 
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 
 OUT = Path(__file__).resolve().parent / "results"
 METRICS = ("perplexity", "arithmetic", "recall", "instruction")
@@ -97,7 +96,7 @@ def main() -> None:
               "cognate.enabled=false", "evomerge.enabled=false", "compression.enabled=true", "compression.gates={}"]
     s = load_settings(overrides=[*common, *args.overrides])
     ctx = make_context(s)
-    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    (base,) = run_stage_on("import", [], ctx).outputs
     float_metrics = ctx.store.manifest(base).metrics
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "compression.json"
@@ -118,7 +117,7 @@ def main() -> None:
         sv = load_settings(overrides=[*common, *args.overrides, f"compression.rules={yaml.safe_dump(rules, default_flow_style=True).strip()}"])
         vctx = make_context(sv)
         t0 = time.time()
-        r = run_stage(get_stage("compression"), [base], vctx)
+        r = run_stage_on("compression", [base], vctx)
         (key,) = r.outputs
         info, metrics = r.info[key], r.metrics[key]
         folder = vctx.store.get(key)

@@ -33,8 +33,7 @@ from agent_forge_core.evomerge.fitness import combined_score
 from agent_forge_core.merge import parse_recipe, run_merge
 from agent_forge_core.merge.safetensors_io import LazyCheckpoint
 from agent_forge_core.model_io import load_model
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 
 RESULTS = Path("bench/results")
 
@@ -145,8 +144,8 @@ def main() -> None:
                                  *args.overrides])
     ctx = make_context(s)
     t0 = time.time()
-    imp = run_stage(get_stage("import"), [], ctx)
-    cog = run_stage(get_stage("cognate"), imp.outputs, ctx)
+    imp = run_stage_on("import", [], ctx)
+    cog = run_stage_on("cognate", imp.outputs, ctx)
     t1 = time.time()
     path = RESULTS / "evomerge.json"
     # a part that is skipped keeps its numbers from the previous run
@@ -155,7 +154,7 @@ def main() -> None:
               "eval": s.eval.model_dump(mode="json")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.skip_quality:
-        evo = run_stage(get_stage("evomerge"), cog.outputs, ctx)
+        evo = run_stage_on("evomerge", cog.outputs, ctx)
         t2 = time.time()
         result["quality"] = quality(ctx, imp, cog, evo)
         result["wall_s"] = {"import+cognate (reused if stored)": t1 - t0, "evomerge (search + winner eval)": t2 - t1}

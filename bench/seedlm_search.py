@@ -23,8 +23,7 @@ from agent_forge_core.compression import lfsr
 from agent_forge_core.compression.codecs import seedlm
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 
 OUT = Path(__file__).resolve().parent / "results"
 LAYERS = (0, 15, 29)
@@ -62,7 +61,7 @@ def main() -> None:
     store = args.store or str(OUT.parent / ".bench-store")
     s = load_settings(overrides=[f"store.url={store}/store", f"store.cache_dir={store}/cache", f"work_dir={store}/work"])
     ctx = make_context(s)
-    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    (base,) = run_stage_on("import", [], ctx).outputs
     weights = ctx.store.get(base) / "model.safetensors"
     rows = []
     for C, P in ((8, 3), (12, 4)):

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Prefect's ephemeral server migrates a fresh database before it answers: ~25 s on 2 busy cores, over
+# Prefect's 20 s default, so a first `agent-forge run` would fail to reach it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 if os.environ.get("PREFECT_HOME"):
     # Prefect creates its home without parents; its ephemeral server then cannot open its database.
     os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
@@ -32,10 +34,11 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_run(args) -> int:
-    from agent_forge_core.stages.registry import plan
+    from agent_forge_core.stages.plan import plan
 
-    settings = _settings(args)  # fail on bad config before Prefect starts
-    plan(settings)
+    # A bad config fails here in a second, before Prefect's server starts; the flow checks again because
+    # deployment runs (UI, schedule, API) reach it without this CLI.
+    plan(_settings(args))
     from flows.forge import forge
 
     t0 = time.time()
@@ -54,13 +57,13 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_stages(args) -> int:
-    from agent_forge_core.config import PIPELINE_ORDER
-    from agent_forge_core.stages.registry import STAGES, available
+    from agent_forge_core.stages.registry import pipeline
 
-    available()
-    for name in ("import", *PIPELINE_ORDER):
-        spec = STAGES.get(name)
-        print(f"{name:<12} {'built' if spec else 'not built':<10} {spec.description if spec else ''}")
+    for entry in pipeline():
+        if isinstance(entry, str):
+            print(f"{entry:<12} {'not built':<10}")
+        else:
+            print(f"{entry.name:<12} {'built':<10} {entry.description}")
     return 0
 
 
@@ -89,7 +92,7 @@ def cmd_eval(args) -> int:
 
     settings = _settings(args)
     store = _store(args)
-    model, tok = load_model(str(store.get(args.key)), device=str(resolve_device(settings.model.device)))
+    model, tok = load_model(str(store.get(args.key)), device=str(resolve_device(settings.device)))
     metrics = evaluate(model, tok, settings.eval, split=args.split)
     print(json.dumps(metrics, indent=2))
     if args.record:
@@ -103,22 +106,10 @@ def cmd_export(args) -> int:
     if os.path.exists(args.dir) and os.listdir(args.dir):
         print(f"error: {args.dir} exists and is not empty; choose an empty or new folder", file=sys.stderr)
         return 2
-    from agent_forge_core.bitnet.checkpoint import export_dequantized, is_bitnet_folder
-    from agent_forge_core.compression.artifact import is_compressed_folder
+    from agent_forge_core.model_io import export_hf
 
-    if is_compressed_folder(src):
-        from agent_forge_core.model_io import load_model, save_model
-
-        model, tok = load_model(str(src))
-        save_model(model, tok, args.dir)
-        print(f"exported {args.key} to {args.dir}: every tensor decoded from the compressed artifact (float weights)")
-        return 0
-    if is_bitnet_folder(src):
-        export_dequantized(src, args.dir)
-        print(f"exported {args.key} to {args.dir} as float weights with the ternary values (activations not quantized)")
-        return 0
-    shutil.copytree(src, args.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", ".verified"))
-    print(f"exported {args.key} to {args.dir} (load with AutoModelForCausalLM.from_pretrained)")
+    note = export_hf(src, args.dir)
+    print(f"exported {args.key} to {args.dir}: {note}")
     return 0
 
 

@@ -1,11 +1,12 @@
 """The Prefect task around a stage.
 
-- Retries only transient failures (network/object store); a failed gate, a bad config or a corrupted
-  checkpoint fails at once.
-- Cache key: hash of (stage, input checkpoint keys, stage-config hash, code version) -- which is exactly
-  what the output checkpoint keys are derived from -- combined with TASK_SOURCE. Never INPUTS alone.
+- Retries only transient failures (`retry.py`).
+- Cache key: hash of (stage, input checkpoint keys, output checkpoint keys) -- the keys are derived from
+  the stage's config, its inputs and the code version (`stages/plan.py`), computed once per run and passed
+  in -- combined with TASK_SOURCE. Never INPUTS alone.
 - Results (small JSON: output keys and metrics, never weights) persist in the same object store as the
   checkpoints, so a rerun in a new flow run, or on another machine, hits the cache.
+- The stage's fan-out (`ctx.fanout`) runs its jobs as Prefect tasks or deployment runs (`fanout.py`).
 """
 from __future__ import annotations
 
@@ -18,56 +19,34 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from agent_forge_core.config import ForgeSettings
 from agent_forge_core.context import make_context
-from agent_forge_core.errors import CheckpointCorrupted, ConfigError, GateFailed, ModelLoadError, TransientError
+from agent_forge_core.stages.plan import PlannedStage
 from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import output_keys, run_stage
+from agent_forge_core.stages.runner import run_stage
 
+from .fanout import prefect_fanout
 from .progress import StageProgress
-
-NEVER_RETRY = (GateFailed, ConfigError, CheckpointCorrupted, ModelLoadError, FileNotFoundError, PermissionError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, NEVER_RETRY):
-        return False
-    return isinstance(exc, (TransientError, ConnectionError, TimeoutError, OSError))
+from .retry import retry_condition
 
 
-def retry_condition(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - classified below
-        return is_transient(exc)
-    return False
-
-
-def stage_cache_key(stage: str, inputs: list[str], settings: ForgeSettings) -> str:
-    ctx = make_context(settings)
-    keys = output_keys(get_stage(stage), list(inputs), ctx)
-    blob = "\n".join([stage, *inputs, *sorted(keys.values())])
+def stage_cache_key(planned: dict[str, Any]) -> str:
+    blob = "\n".join([planned["name"], *planned["inputs"], *sorted(planned["keys"].values())])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _cache_key_fn(task_ctx, params: dict[str, Any]) -> str:
-    return stage_cache_key(params["stage"], params["inputs"], params["settings"])
+    return stage_cache_key(params["planned"])
 
 
-def run_stage_body(stage: str, inputs: list[str], settings: ForgeSettings) -> dict[str, Any]:
-    """The task body: run the stage through the core runner; returns JSON-able keys and metrics."""
+def run_stage_body(planned: dict[str, Any], settings: ForgeSettings) -> dict[str, Any]:
+    """The task body: run the planned stage through the core runner; returns JSON-able keys and metrics.
+    `planned` is a `PlannedStage` as a dict (task parameters stay plain JSON)."""
+    stage = PlannedStage(**planned)
     log = get_run_logger()
-    progress = StageProgress(stage)
+    progress = StageProgress(stage.name)
     try:
-        ctx = make_context(settings, log=log, progress=progress)
-        if stage == "evomerge" and settings.evomerge.executor == "deployment":
-            from .remote_candidates import deployment_evaluator
-
-            ctx.candidate_evaluator = deployment_evaluator(settings, log)
-        elif stage == "evomerge":
-            from .evomerge import prefect_evaluator
-
-            ctx.candidate_evaluator = prefect_evaluator(settings)
-        log.info("stage %s on %s (device %s)", stage, inputs or settings.model.source, ctx.device)
-        result = run_stage(get_stage(stage), list(inputs), ctx)
+        ctx = make_context(settings, log=log, progress=progress, fanout=prefect_fanout(settings, log))
+        log.info("stage %s on %s (device %s)", stage.name, stage.inputs or settings.model.source, ctx.device)
+        result = run_stage(get_stage(stage.name), stage, ctx)
     finally:
         progress.close()
     return dataclasses.asdict(result)

@@ -15,6 +15,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect is imported anywhere.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="af-prefect-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A fresh ephemeral server migrates its database first: ~25 s on 2 busy cores, over Prefect's 20 s default.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 # Tiny models run faster on one thread, and leave the other core to the Prefect server.
 torch.set_num_threads(1)

@@ -5,13 +5,13 @@ import torch
 from safetensors import safe_open
 
 from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear
-from agent_forge_core.bitnet.checkpoint import load_bitnet, save_bitnet
+from agent_forge_core.formats.bitnet import load_bitnet, save_bitnet
 from agent_forge_core.bitnet.convert import convert, lambda_at, set_lambda
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import ConfigError
 from agent_forge_core.model_io import load_model
-from agent_forge_core.stages.registry import get_stage, plan
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.plan import plan
+from agent_forge_core.stages.runner import run_stage_on
 
 
 @pytest.mark.parametrize("schedule", ["linear", "exponential", "sigmoid"])
@@ -56,8 +56,8 @@ def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings):
                       "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003")
     assert plan(s) == ["import", "bitnet"]
     ctx = make_context(s)
-    base = run_stage(get_stage("import"), [], ctx)
-    res = run_stage(get_stage("bitnet"), base.outputs, ctx)
+    base = run_stage_on("import", [], ctx)
+    res = run_stage_on("bitnet", base.outputs, ctx)
     (key,) = res.outputs
     m = ctx.store.manifest(key)
     bits = m.info["bits"]
@@ -85,7 +85,7 @@ def test_bitnet_after_several_cognates_is_refused():
 def test_export_of_a_bitnet_checkpoint_loads_in_plain_transformers(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from agent_forge_core.bitnet.checkpoint import export_dequantized
+    from agent_forge_core.formats.bitnet import export_hf as export_dequantized
     from agent_forge_core.bitnet.ternary import weight_codes
 
     model, tok = load_model(str(tiny_model_dir))

@@ -3,8 +3,7 @@ import json
 import torch
 
 from agent_forge_core.context import make_context
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 from flows.cli import main
 
 
@@ -28,7 +27,7 @@ def test_config_show_and_stages(capsys):
 def test_inspect_eval_export(tiny_settings, tmp_path, capsys):
     s = tiny_settings()
     ctx = make_context(s)
-    key = run_stage(get_stage("import"), [], ctx).outputs[0]
+    key = run_stage_on("import", [], ctx).outputs[0]
     common = ["--set", f"store.url={s.store.url}", "--set", "eval.n_examples=4", "--set", "eval.ppl_tokens=256",
               "--set", "eval.ppl_window=64", "--set", "eval.max_new_tokens=4"]
     assert main(["inspect", key, *common]) == 0

@@ -4,8 +4,7 @@ import torch
 
 from agent_forge_core.context import make_context
 from agent_forge_core.model_io import load_model
-from agent_forge_core.stages.registry import get_stage
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.runner import run_stage_on
 from agent_forge_core.training.lora import lora_config, merge_lora, train_lora
 from agent_forge_core.training.sft_data import batches, task_sequences
 
@@ -30,8 +29,8 @@ def test_merged_adapter_equals_peft_model(tiny_model_dir):
 def test_each_cognate_improves_its_focus_metric(tiny_settings):
     s = tiny_settings("cognate.steps=40", "cognate.lr=0.01", "cognate.batch_size=8", "eval.n_examples=16")
     ctx = make_context(s)
-    base = run_stage(get_stage("import"), [], ctx)
-    res = run_stage(get_stage("cognate"), base.outputs, ctx)
+    base = run_stage_on("import", [], ctx)
+    res = run_stage_on("cognate", base.outputs, ctx)
     b = base.metrics[base.outputs[0]]
     by_focus = {res.info[k]["focus"]: res.metrics[k] for k in res.outputs}
     assert set(by_focus) == {"reasoning", "memory", "language"}
@@ -48,5 +47,5 @@ def test_each_cognate_improves_its_focus_metric(tiny_settings):
         assert m.parents == base.outputs and m.info["train"]["last_loss"] < m.info["train"]["first_loss"]
         assert {g["metric"] for g in m.info["gates"]} >= {"perplexity"}
     # a second run reuses the checkpoints without training
-    again = run_stage(get_stage("cognate"), base.outputs, ctx)
+    again = run_stage_on("cognate", base.outputs, ctx)
     assert again.reused and again.outputs == res.outputs

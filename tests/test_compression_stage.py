@@ -9,13 +9,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from agent_forge_core.compression.artifact import MANIFEST, PAYLOAD, check_size, decode_state
+from agent_forge_core.formats.compressed import MANIFEST, PAYLOAD, check_size, decode_state
 from agent_forge_core.compression.plan import Option, select_auto
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import ConfigError
 from agent_forge_core.model_io import load_model
-from agent_forge_core.stages.registry import get_stage, plan
-from agent_forge_core.stages.runner import run_stage
+from agent_forge_core.stages.plan import plan
+from agent_forge_core.stages.runner import run_stage_on
 
 
 def rules(*items) -> str:
@@ -32,8 +32,8 @@ def compress(tiny_settings, *extra):
                       "compression.gates={}", *extra)
     assert plan(s) == ["import", "compression"]
     ctx = make_context(s)
-    (base,) = run_stage(get_stage("import"), [], ctx).outputs
-    r = run_stage(get_stage("compression"), [base], ctx)
+    (base,) = run_stage_on("import", [], ctx).outputs
+    r = run_stage_on("compression", [base], ctx)
     (key,) = r.outputs
     return ctx, base, key, r.info[key]
 
@@ -108,9 +108,9 @@ def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
                       "compression.keep_dtype=float32", rules(KEEP))
     assert plan(s) == ["import", "bitnet", "compression"]
     ctx = make_context(s)
-    (base,) = run_stage(get_stage("import"), [], ctx).outputs
-    (bit_key,) = run_stage(get_stage("bitnet"), [base], ctx).outputs
-    (key,) = run_stage(get_stage("compression"), [bit_key], ctx).outputs
+    (base,) = run_stage_on("import", [], ctx).outputs
+    (bit_key,) = run_stage_on("bitnet", [base], ctx).outputs
+    (key,) = run_stage_on("compression", [bit_key], ctx).outputs
     folder, bit_folder = ctx.store.get(key), ctx.store.get(bit_key)
     entries = json.loads((folder / MANIFEST).read_text())["tensors"]
     ternary = [n for n, e in entries.items() if e["codec"] == "ternary"]
@@ -125,6 +125,21 @@ def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
     with torch.no_grad():
         assert torch.equal(a(ids).logits, b(ids).logits)
     check_size(folder)
+
+    # each folder is owned by its format; both export to the same plain transformers model (the ternary
+    # values as float weights), which loads with no project code
+    from transformers import AutoModelForCausalLM
+
+    from agent_forge_core import formats
+    from agent_forge_core.model_io import export_hf
+
+    assert formats.detect(folder).NAME == "compressed" and formats.detect(bit_folder).NAME == "bitnet"
+    export_hf(folder, ctx.work_dir / "from-artifact")
+    export_hf(bit_folder, ctx.work_dir / "from-bitnet")
+    plain = [AutoModelForCausalLM.from_pretrained(ctx.work_dir / d) for d in ("from-artifact", "from-bitnet")]
+    assert not (ctx.work_dir / "from-artifact" / "bitnet.json").exists()
+    with torch.no_grad():
+        assert torch.equal(plain[0](ids).logits, plain[1](ids).logits)
 
 
 def test_a_payload_holding_more_than_accounted_is_refused(tiny_settings, tmp_path):
@@ -156,9 +171,9 @@ def test_a_failed_gate_fails_the_stage_and_publishes_nothing(tiny_settings):
                       rules({"pattern": "*_proj.weight", "codec": "rtn", "params": {"bits": 2, "group": 64}}, KEEP),
                       "compression.gates={perplexity: 0.0001}")
     ctx = make_context(s)
-    (base,) = run_stage(get_stage("import"), [], ctx).outputs
+    (base,) = run_stage_on("import", [], ctx).outputs
     with pytest.raises(GateFailed, match="perplexity"):
-        run_stage(get_stage("compression"), [base], ctx)
+        run_stage_on("compression", [base], ctx)
     assert [k for k in ctx.store.list() if k.startswith("compression-")] == []
 
 

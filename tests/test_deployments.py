@@ -71,7 +71,7 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
     pools = {p["name"]: p for p in api("POST", f"{stack.api_url}/work_pools/filter", {})}
     assert pools["cpu"]["type"] == "process" and pools["gpu"]["concurrency_limit"] == 2
     forge = deployed["forge"]
-    assert forge["work_pool_name"] == "cpu" and deployed["evaluate-candidate"]["work_pool_name"] == "gpu"
+    assert forge["work_pool_name"] == "cpu" and deployed["stage-job"]["work_pool_name"] == "gpu"
     assert len(forge["schedules"]) == 1
     sched = forge["schedules"][0]
     assert sched["schedule"]["cron"] == "30 3 * * *" and sched["schedule"]["timezone"] == "Europe/Berlin"
@@ -142,9 +142,9 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
 
     killer = threading.Thread(target=kill_a_candidate_once_two_run_at_once, daemon=True)
     killer.start()
-    sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.executor=deployment",
-                        "evomerge.population=4", "evomerge.generations=1", "evomerge.run_retries=1",
-                        "evomerge.poll_s=0.5", "evomerge.candidate_eval.n_examples=12",
+    sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.runtime.executor=deployment",
+                        "evomerge.population=4", "evomerge.generations=1", "evomerge.runtime.run_retries=1",
+                        "evomerge.runtime.poll_s=0.5", "evomerge.candidate_eval.n_examples=12",
                         "evomerge.candidate_eval.ppl_tokens=1024", "evomerge.gates.perplexity=100"]
             for a in ("--set", o)]
     r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)

@@ -70,7 +70,7 @@ def test_prefect_yaml_matches_pools_flows_and_deploy_defaults():
     assert spec["prefect-version"] == pin("prefect")
     pools = {p["name"] for p in yaml.safe_load((ROOT / "deployments/work-pools.yaml").read_text())["pools"]}
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"forge", "evaluate-candidate"}
+    assert set(by_name) == {"forge", "stage-job"}
     assert {d["work_pool"]["name"] for d in by_name.values()} <= pools
     for d in by_name.values():
         path, fn = d["entrypoint"].split(":")

@@ -5,13 +5,19 @@ import time
 import pytest
 
 from agent_forge_core.config import load_settings
-from agent_forge_core.evomerge.evaluators import ThreadEvaluator
-from agent_forge_core.evomerge.fitness import WORST
+from agent_forge_core.evomerge.fitness import WORST, crashed_result
 from agent_forge_core.evomerge.genome import GenomeSpace
 from agent_forge_core.evomerge.search import load_history, run_search
+from agent_forge_core.fanout import Job, ThreadPool
 from agent_forge_core.store import CheckpointStore
 
 MODELS = ("cognate-a", "cognate-b", "cognate-c")
+
+
+def ThreadEvaluator(fn, slots=1):
+    """The core's thread pool over a fake candidate job (results not stored: no settings, no store)."""
+    job = Job("test.fake", lambda settings, req: fn(req), lambda req: "", crashed_result, label="candidate")
+    return ThreadPool(job, None, slots, run=lambda job, settings, req: job.fn(settings, req))
 
 
 def cfg(**kw):
@@ -26,10 +32,10 @@ def fake_fitness(calls, fail=(), delay=0.0):
 
     def fn(req):
         with lock:
-            calls.append(req["index"])
+            calls.append(req["id"])
         if delay:
-            time.sleep(delay * (1 + req["index"] % 3))
-        if req["index"] in fail:
+            time.sleep(delay * (1 + req["id"] % 3))
+        if req["id"] in fail:
             raise RuntimeError("worker lost")
         r = req["recipe"]
         w = [m["parameters"]["weight"] for m in r["models"]]

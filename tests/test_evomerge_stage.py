@@ -11,7 +11,7 @@ from agent_forge_core.store import CheckpointStore
 from conftest import TINY_OVERRIDES
 
 EVO = ["cognate.focuses=[reasoning,memory]", "evomerge.enabled=true", "evomerge.population=3",
-       "evomerge.generations=2", "evomerge.slots=2", "evomerge.candidate_eval.n_examples=4",
+       "evomerge.generations=2", "evomerge.runtime.slots=2", "evomerge.candidate_eval.n_examples=4",
        "evomerge.candidate_eval.ppl_tokens=256", "evomerge.gates={}"]
 
 
@@ -80,7 +80,7 @@ def test_evomerge_stage_end_to_end(overrides, tmp_path, monkeypatch):
 
 def test_plan_refuses_evomerge_without_several_models(overrides):
     from agent_forge_core.config import load_settings
-    from agent_forge_core.stages.registry import plan
+    from agent_forge_core.stages.plan import plan
 
     with pytest.raises(ConfigError, match="merges several models"):
         plan(load_settings(overrides=[*overrides, "cognate.enabled=false"]))
@@ -88,7 +88,7 @@ def test_plan_refuses_evomerge_without_several_models(overrides):
 
 def test_default_pipeline_merges_before_bitnet():
     from agent_forge_core.config import load_settings
-    from agent_forge_core.stages.registry import plan
+    from agent_forge_core.stages.plan import plan
 
     assert plan(load_settings()) == ["import", "cognate", "evomerge"]
     assert plan(load_settings(overrides=["bitnet.enabled=true"])) == ["import", "cognate", "evomerge", "bitnet"]
@@ -96,12 +96,11 @@ def test_default_pipeline_merges_before_bitnet():
 
 def test_slot_count_does_not_change_the_checkpoint_key(tmp_path):
     from agent_forge_core.config import load_settings
-    from agent_forge_core.context import make_context
+    from agent_forge_core.stages.plan import output_keys
     from agent_forge_core.stages.registry import get_stage
-    from agent_forge_core.stages.runner import output_keys
 
     def key(*o):
         s = load_settings(overrides=[f"store.url={tmp_path}/s", f"work_dir={tmp_path}/w", *o])
-        return output_keys(get_stage("evomerge"), ["cognate-a", "cognate-b"], make_context(s))[""]
+        return output_keys(get_stage("evomerge"), ["cognate-a", "cognate-b"], s)[""]
 
-    assert key() == key("evomerge.slots=4") != key("evomerge.population=4")
+    assert key() == key("evomerge.runtime.slots=4") != key("evomerge.population=4")

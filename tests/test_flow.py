@@ -22,9 +22,9 @@ def body_calls(monkeypatch):
     calls = Counter()
     real = stage_task_mod.run_stage
 
-    def counting(spec, inputs, ctx):
+    def counting(spec, planned, ctx):
         calls[spec.name] += 1
-        return real(spec, inputs, ctx)
+        return real(spec, planned, ctx)
 
     monkeypatch.setattr(stage_task_mod, "run_stage", counting)
     return calls
@@ -32,7 +32,7 @@ def body_calls(monkeypatch):
 
 def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls, monkeypatch, tmp_path):
     from flows.forge import forge
-    import agent_forge_core.stages.cognate as cognate
+    import agent_forge_core.cognate.stage as cognate
 
     real_train = cognate.train_lora
 
@@ -100,7 +100,7 @@ def test_missing_model_path_fails_clearly(overrides, tmp_path):
 
 def test_transient_errors_retry_and_others_do_not():
     from agent_forge_core.errors import CheckpointCorrupted, ConfigError, TransientError
-    from tasks.stage_task import is_transient
+    from tasks.retry import is_transient
 
     assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError()) and is_transient(TransientError("x"))
     assert is_transient(OSError("503 Slow Down"))

@@ -71,3 +71,15 @@ def test_vocab_mismatch(tiny_model_dir, tmp_path):
     save_model(small, tok, tmp_path / "mismatch")
     with pytest.raises(ModelLoadError, match=r"tokenizer has \d+ tokens but the model's embedding has 100 rows"):
         load_model(str(tmp_path / "mismatch"))
+
+
+def test_side_files_carry_config_and_tokenizer_never_weights_store_files_or_code(tmp_path):
+    from agent_forge_core.formats.files import copy_side_files
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("config.json", "tokenizer.json", "bitnet.json", "model.safetensors", "model.safetensors.index.json",
+                 "pytorch_model.bin", "manifest.json", ".verified", "modeling_custom.py"):
+        (src / name).write_text("x")
+    assert copy_side_files(src, tmp_path / "dst") == ["bitnet.json", "config.json", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["bitnet.json", "config.json", "tokenizer.json"]

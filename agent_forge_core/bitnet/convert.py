@@ -14,10 +14,10 @@ import math
 
 from torch import nn
 
+from ..architecture import PROJECTIONS, matches_suffix
 from .bitlinear import BitLinear
 
 SCHEDULES = ("linear", "exponential", "sigmoid", "none")
-DEFAULT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
@@ -36,18 +36,12 @@ def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
     raise ValueError(f"lambda schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def _matches(name: str, modules: list[str]) -> bool:
-    return any(name == m or name.endswith("." + m) for m in modules)
-
-
-def convert(model: nn.Module, modules: list[str] = DEFAULT_MODULES, act_bits: int = 8, norm: bool = False) -> list[str]:
+def convert(model: nn.Module, modules=PROJECTIONS, act_bits: int = 8, norm: bool = False) -> list[str]:
     """Replace matching nn.Linear modules in place; returns their names."""
     replaced = []
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and _matches(name, modules):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, BitLinear.from_linear(mod, act_bits, norm))
+        if isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and matches_suffix(name, modules):
+            model.set_submodule(name, BitLinear.from_linear(mod, act_bits, norm))
             replaced.append(name)
     if not replaced:
         raise ValueError(f"no nn.Linear module matches {modules}; check bitnet.modules against the model's layer names")

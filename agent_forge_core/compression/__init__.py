@@ -1,6 +1,7 @@
 """Final compression (stage 8): per-tensor codecs with exact bit accounting (`codecs/`), the plan and
-`auto` selection (`plan.py`), calibration Hessians (`calibration.py`) and the artifact with its loader
-(`artifact.py`). The stage itself is `stages/compression.py`.
+`auto` selection (`plan.py`), calibration Hessians (`calibration.py`) and the whole checkpoint into one
+artifact (`compress.py`; the artifact format and its loader: `formats/compressed.py`). Settings:
+`settings.py`; the stage adapter: `stage.py`.
 """
 from .codecs import Codec, Encoded, get_codec
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..config import EvalSettings
+from .settings import EvalSettings
 from .tasks import get_task, with_shots
 from .text import natural_text
 

@@ -12,24 +12,33 @@ not change that candidate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..config import EvoMergeSettings
+from ..merge.methods import METHODS, REQUIRED
 from ..merge.recipe import Recipe
 
-USES_DENSITY = {"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties"}
-USES_LAMBDA = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties"}
-NEEDS_BASE = USES_LAMBDA
+# What the genome can express, read from the merge methods themselves: a weight per model over any number
+# of models; a density where the method sparsifies, a lambda where it scales task vectors.
+SEARCHABLE = tuple(n for n, m in METHODS.items() if m.model_params.get("weight") is REQUIRED and m.max_models is None)
+
+
+def uses_density(method: str) -> bool:
+    return "density" in METHODS[method].model_params
+
+
+def uses_lambda(method: str) -> bool:
+    return "lambda" in METHODS[method].global_params
 
 
 @dataclass(frozen=True)
 class GenomeSpace:
     models: tuple[str, ...]  # checkpoint keys of the models being merged
     base: str | None  # their common parent (task vectors are taken from it)
-    cfg: EvoMergeSettings
+    cfg: Any  # EvoMergeSettings
 
     @property
     def methods(self) -> list[str]:
-        return [m for m in self.cfg.methods if self.base or m not in NEEDS_BASE]
+        return [m for m in self.cfg.methods if self.base or not METHODS[m].needs_base]
 
     @property
     def dim(self) -> int:
@@ -68,16 +77,16 @@ class GenomeSpace:
         entries = []
         for key, w, d in zip(self.models, weights, densities):
             params = {"weight": value(w)}
-            if method in USES_DENSITY:
+            if uses_density(method):
                 params["density"] = value(d)
             entries.append({"model": key, "parameters": params})
         params: dict = {}
-        if method in USES_LAMBDA:
+        if uses_lambda(method):
             params["lambda"] = round(lam, 6)
-        if method.startswith("dare"):
+        if METHODS[method].stochastic:
             params["seed"] = self.cfg.seed
         data = {"merge_method": method, "models": entries, "dtype": "float32"}
-        if method in NEEDS_BASE:
+        if METHODS[method].needs_base:
             data["base_model"] = self.base
         if params:
             data["parameters"] = params

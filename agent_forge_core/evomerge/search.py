@@ -29,9 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import EvoMergeSettings
+from ..fanout import Pool
 from ..store import CheckpointStore
-from .evaluators import Evaluator
 from .fitness import WORST
 from .genome import GenomeSpace
 
@@ -81,7 +80,7 @@ def load_history(store: CheckpointStore, run_id: str, dim: int) -> History:
 class _Optimizer:
     """`cma` with per-ask seeding, so a replayed optimizer asks exactly what the original would have."""
 
-    def __init__(self, space: GenomeSpace, cfg: EvoMergeSettings):
+    def __init__(self, space: GenomeSpace, cfg):
         import cma
 
         self.cfg = cfg
@@ -107,8 +106,8 @@ class _Optimizer:
 
 def run_search(
     space: GenomeSpace,
-    cfg: EvoMergeSettings,
-    evaluator: Evaluator,
+    cfg,
+    pool: Pool,
     store: CheckpointStore,
     run_id: str,
     on_generation: Callable[[History], None] | None = None,
@@ -133,20 +132,20 @@ def run_search(
     arrived: list[dict[str, Any]] = []
     budget = cfg.population * cfg.generations - len(history.candidates)
     while gen < cfg.generations:
-        while len(inflight) < evaluator.slots and budget - len(inflight) - len(arrived) > 0:
+        while len(inflight) < pool.slots and budget - len(inflight) - len(arrived) > 0:
             if not queue:
                 queue = opt.ask(gen)  # sample ahead rather than leave the slot idle
             genome = queue.pop(0)
-            req = {"run_id": run_id, "index": next_index, "genome": genome,
+            req = {"run_id": run_id, "id": next_index, "genome": genome,
                    "recipe": space.decode(genome).model_dump(exclude_none=True, mode="json"), "generation": gen}
             next_index += 1
-            inflight[evaluator.submit(req)] = req
-        handle, result = evaluator.wait_any(list(inflight))
+            inflight[pool.submit(req)] = req
+        handle, result = pool.wait_any(list(inflight))
         req = inflight.pop(handle)
-        result = {**result, "index": req["index"], "genome": req["genome"], "recipe": req["recipe"]}
+        result = {**result, "index": req["id"], "genome": req["genome"], "recipe": req["recipe"]}
         arrived.append(result)
         if log:
-            log.info("evomerge: candidate %d (%s) score %.4f [%s]", req["index"], req["recipe"]["merge_method"],
+            log.info("evomerge: candidate %d (%s) score %.4f [%s]", req["id"], req["recipe"]["merge_method"],
                      result["fitness"], result["status"])
         if len(arrived) >= cfg.population:
             batch, arrived = arrived[: cfg.population], arrived[cfg.population:]

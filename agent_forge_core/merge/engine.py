@@ -24,15 +24,15 @@ from typing import Any, Callable
 
 import torch
 
+from ..dtypes import DTYPES
 from ..errors import ConfigError, ModelLoadError
 from .compat import check_architectures, check_tensors, check_tokenizers, read_config
-from .methods.base import REQUIRED, MergeMethod, TensorInputs, get_method
+from .methods import REQUIRED, MergeMethod, TensorInputs, get_method
 from .recipe import Recipe, resolve
 from .safetensors_io import LazyCheckpoint, StreamingWriter, TensorInfo
 
 LAYER = re.compile(r"^(.*?\.layers\.)(\d+)(\..*)$")
 OUR_GLOBALS = {"seed": 0}  # extensions accepted by every method
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
 

@@ -1,11 +1,17 @@
 """The stage contract.
 
-A stage is a plain function: `build(inputs, section, ctx, variants)` takes input checkpoint keys, its
-config section and a context, and yields one `Built` model per requested output variant. The runner
-(`runner.run_stage`) derives each output's key before any work, skips variants already in the store,
-evaluates every built model with the eval suite, enforces the stage's gates against its input, and only
-then publishes the checkpoint. A stage that produces several checkpoints (Cognate) declares its variant
-names up front; one that produces a single checkpoint has the single variant "".
+A stage is a `StageSpec`: a name, a version, its settings class and a plain function
+`build(inputs, section, ctx, keys)` that takes the input checkpoint keys, its config section, a context
+and `keys` ({variant: output checkpoint key} of the outputs still to build), and yields one `Built` model
+per variant. The runner (`runner.run_stage`) derives every output key before any work, skips variants
+already in the store, evaluates each built model (the suite, or the stage's own `evaluate` hook), enforces
+the stage's gates against its input, and only then publishes the checkpoint. A stage that produces
+several checkpoints (Cognate) declares its variant names up front; one that produces a single checkpoint
+has the single variant "". A stage may keep resumable state under its own output key (EvoMerge's search
+history), fan independent jobs out with `ctx.fanout`, and describe Prefect artifacts with `artifacts`.
+
+This module imports no stage and not the assembled settings (`config.py` builds those from the stage
+registry), so stages can import it without an import circle.
 """
 from __future__ import annotations
 
@@ -16,27 +22,32 @@ from typing import Any, Callable, Iterator, Literal
 
 import torch
 
-from ..config import ForgeSettings, Section
+from ..fanout import FanoutFactory, Job, thread_fanout
+from ..settings_base import Section, StageSection
 from ..store import CheckpointStore
 
 Progress = Callable[[float, str], None]
 
 
-def _no_progress(fraction: float, message: str) -> None:
+def no_progress(fraction: float, message: str) -> None:
     return None
 
 
 @dataclass
 class StageContext:
-    settings: ForgeSettings
+    settings: Any  # the run's ForgeSettings
     store: CheckpointStore
     device: torch.device
     log: logging.Logger | logging.LoggerAdapter
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     work_dir: Path = Path(".forge/work")
-    # How EvoMerge runs its candidates: (fn, slots) -> Evaluator. None: local threads. The Prefect
-    # layer supplies mapped Prefect tasks; the deployments layer, runs on a GPU work pool.
-    candidate_evaluator: Callable[..., Any] | None = None
+    # (job, runtime) -> Pool: how a stage's jobs run in parallel. Threads by default; the Prefect layer
+    # supplies Prefect tasks or deployment runs on a work pool.
+    fanout: FanoutFactory | None = None
+
+    def __post_init__(self) -> None:
+        if self.fanout is None:
+            self.fanout = thread_fanout(self.settings)
 
 
 @dataclass
@@ -44,14 +55,30 @@ class Built:
     """A model a stage has built, not yet evaluated or published."""
 
     variant: str
-    folder: Path  # a saved HF folder (model_io.save_model)
+    folder: Path  # a checkpoint folder in any format `formats` detects (HF, BitNet packed, compressed...)
     parent: str  # the input checkpoint its gates compare against
     info: dict[str, Any] = field(default_factory=dict)
     model: Any = None  # optional in-memory model/tokenizer, saves reloading for evaluation
     tokenizer: Any = None
 
 
-BuildFn = Callable[[list[str], Section, StageContext, list[str]], Iterator[Built]]
+@dataclass(frozen=True)
+class Artifact:
+    """A Prefect artifact described without Prefect: a table (list of row dicts) or Markdown text."""
+
+    kind: Literal["table", "markdown"]
+    key: str
+    data: Any
+    description: str = ""
+
+
+BuildFn = Callable[[list[str], Section, StageContext, dict[str, str]], Iterator[Built]]
+# (model, tokenizer, eval settings, folder of the built checkpoint) -> metrics
+EvaluateFn = Callable[[Any, Any, Any, Path], dict[str, float]]
+
+
+def _single(section: Section) -> list[str]:
+    return [""]
 
 
 @dataclass(frozen=True)
@@ -60,8 +87,11 @@ class StageSpec:
     version: int  # bump when the algorithm changes: part of every output key
     takes: Literal["none", "one", "many"]
     build: BuildFn
-    variants: Callable[[Section], list[str]] = lambda section: [""]
-    hashed_config: Callable[[ForgeSettings], Any] | None = None  # what of the config shapes the output
+    settings: type[StageSection] = StageSection  # the stage's config section (`<name>:` in YAML)
+    variants: Callable[[Section], list[str]] = _single
+    evaluate: EvaluateFn | None = None  # None: the eval suite (`evals.suite.evaluate`)
+    artifacts: Callable[[CheckpointStore, str], list[Artifact]] | None = None  # shown for each output key
+    jobs: tuple[Job, ...] = ()  # functions its fan-out runs (deployment runs look them up by name)
     description: str = ""
 
 

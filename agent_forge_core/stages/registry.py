@@ -1,63 +1,88 @@
-"""The stage registry and the pipeline plan.
+"""The stage registry: the pipeline, in order (the registry imports its stages, never the reverse).
 
-Only built stages are registered. A config that enables a stage that is not registered is refused
-before any work, with a message that says how to turn it off.
+A name alone is a stage that is not built yet: its config section only knows `enabled`, and a config
+that enables it is refused before any work with a message that says how to turn it off. Adding a stage
+is one package (`<package>/settings.py`, `<package>/stage.py` with its `SPEC`) and one line here: the
+stage's SPEC in its place in `PIPELINE`. Plug-ins outside this package (and tests) add theirs with
+`registered(spec, after=...)`.
 """
 from __future__ import annotations
 
-from ..config import PIPELINE_ORDER, ForgeSettings
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..bitnet.stage import SPEC as bitnet
+from ..cognate.stage import SPEC as cognate
+from ..compression.stage import SPEC as compression
 from ..errors import ConfigError
+from ..evomerge.stage import SPEC as evomerge
+from ..fanout import Job
+from ..importer.stage import SPEC as importer
 from .contract import StageSpec
 
-STAGES: dict[str, StageSpec] = {}
+PIPELINE: tuple[StageSpec | str, ...] = (
+    importer,
+    cognate,
+    evomerge,
+    "quietstar",
+    bitnet,
+    "loop",
+    "baking",
+    "experts",
+    compression,
+)
+
+_pipeline: list[StageSpec | str] = list(PIPELINE)
 
 
-def register(spec: StageSpec) -> StageSpec:
-    STAGES[spec.name] = spec
-    return spec
+def pipeline() -> tuple[StageSpec | str, ...]:
+    return tuple(_pipeline)
 
 
-def _load_builtin() -> None:
-    from . import bitnet, cognate, compression, evomerge, importer  # noqa: F401  (registration on import)
+def _name(entry: StageSpec | str) -> str:
+    return entry if isinstance(entry, str) else entry.name
 
 
-def get_stage(name: str) -> StageSpec:
-    _load_builtin()
-    if name not in STAGES:
-        raise ConfigError(f"stage {name!r} is not built in this version; built stages: {available()}")
-    return STAGES[name]
+@contextmanager
+def registered(spec: StageSpec, after: str) -> Iterator[StageSpec]:
+    """The pipeline with `spec` inserted after stage `after` (or replacing an unbuilt stage of its name),
+    for the duration of the block."""
+    names = [_name(e) for e in _pipeline]
+    saved = list(_pipeline)
+    if spec.name in names:
+        if not isinstance(_pipeline[names.index(spec.name)], str):
+            raise ConfigError(f"stage {spec.name!r} is already registered")
+        _pipeline[names.index(spec.name)] = spec
+    else:
+        _pipeline.insert(names.index(after) + 1, spec)
+    try:
+        yield spec
+    finally:
+        _pipeline[:] = saved
+
+
+def stage_names() -> list[str]:
+    """Every stage of the pipeline, built or not, in order."""
+    return [_name(e) for e in _pipeline]
 
 
 def available() -> list[str]:
-    _load_builtin()
-    return [n for n in ("import", *PIPELINE_ORDER) if n in STAGES]
+    return [e.name for e in _pipeline if not isinstance(e, str)]
 
 
-def plan(settings: ForgeSettings) -> list[str]:
-    """Stages to run, in pipeline order, starting with `import` (the base model)."""
-    _load_builtin()
-    names = ["import"]
-    for name in PIPELINE_ORDER:
-        if not settings.section(name).enabled:
-            continue
-        if name not in STAGES:
-            raise ConfigError(
-                f"{name}.enabled is true, but the {name!r} stage is not built in this version of Agent Forge "
-                f"(built: {available()}); set {name}.enabled=false"
-            )
-        names.append(name)
-    produced_many = False
-    for prev, name in zip(names, names[1:]):
-        spec = STAGES[name]
-        if spec.takes == "one" and produced_many:
-            raise ConfigError(
-                f"stage {name!r} takes one model but {prev!r} produces several; enable a merging stage "
-                f"(evomerge) between them or give {prev!r} a single output"
-            )
-        if spec.takes == "many" and not produced_many:
-            raise ConfigError(
-                f"stage {name!r} merges several models but {prev!r} produces one; enable cognate (with 2+ focuses) "
-                f"before it or set {name}.enabled=false"
-            )
-        produced_many = len(spec.variants(settings.section(name))) > 1
-    return names
+def get_stage(name: str) -> StageSpec:
+    for e in _pipeline:
+        if not isinstance(e, str) and e.name == name:
+            return e
+    raise ConfigError(f"stage {name!r} is not built in this version; built stages: {available()}")
+
+
+def get_job(name: str) -> Job:
+    """A fan-out job by name (what a deployment run is told to run)."""
+    for e in _pipeline:
+        if not isinstance(e, str):
+            for job in e.jobs:
+                if job.name == name:
+                    return job
+    raise ConfigError(f"no stage has a job named {name!r}; jobs: "
+                      f"{[j.name for e in _pipeline if not isinstance(e, str) for j in e.jobs]}")

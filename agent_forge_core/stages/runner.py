@@ -1,51 +1,35 @@
-"""Runs one stage: derive keys, skip what exists, build, evaluate, gate, publish."""
+"""Runs one planned stage: skip what exists, build, evaluate, gate, publish."""
 from __future__ import annotations
 
 import shutil
 
-from .. import __version__
-from ..config import config_hash
 from ..evals.gates import enforce_gates
 from ..evals.suite import evaluate
-from ..keys import checkpoint_key
 from ..model_io import load_model
 from ..store import Manifest
 from .contract import StageContext, StageResult, StageSpec
+from .plan import PlannedStage, code_version, output_keys, stage_config_hash
+from .registry import get_stage
 
 
-def stage_config_hash(spec: StageSpec, ctx: StageContext) -> str:
-    """Hash of everything in the config that shapes the stage's output or its manifest's metrics."""
-    s = ctx.settings
-    own = spec.hashed_config(s) if spec.hashed_config else s.section(spec.name)
-    return config_hash({"stage": own, "eval": s.eval})
-
-
-def code_version(spec: StageSpec) -> str:
-    return f"{__version__}+{spec.name}.v{spec.version}"
-
-
-def output_keys(spec: StageSpec, inputs: list[str], ctx: StageContext) -> dict[str, str]:
-    ch, cv = stage_config_hash(spec, ctx), code_version(spec)
-    return {v: checkpoint_key(spec.name, inputs, ch, cv, v) for v in spec.variants(ctx.settings.section(spec.name))}
-
-
-def run_stage(spec: StageSpec, inputs: list[str], ctx: StageContext) -> StageResult:
+def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> StageResult:
     section = ctx.settings.section(spec.name)
-    keys = output_keys(spec, inputs, ctx)
-    missing = [v for v, k in keys.items() if not ctx.store.exists(k)]
+    keys, inputs = planned.keys, planned.inputs
+    missing = {v: k for v, k in keys.items() if not ctx.store.exists(k)}
     for v, k in keys.items():
         if v not in missing:
             ctx.log.info("%s: %s already in the store, reused", spec.name, k)
     if missing:
-        ch, cv = stage_config_hash(spec, ctx), code_version(spec)
+        ch, cv = stage_config_hash(spec, ctx.settings), code_version(spec)
+        score = spec.evaluate or (lambda model, tok, cfg, folder: evaluate(model, tok, cfg))
         n = len(missing)
-        for i, built in enumerate(spec.build(inputs, section, ctx, missing)):
+        for i, built in enumerate(spec.build(list(inputs), section, ctx, missing)):
             key = keys[built.variant]
             model, tok = built.model, built.tokenizer
             if model is None:
                 model, tok = load_model(str(built.folder), device=str(ctx.device))
             ctx.progress(i / n, f"{spec.name}: evaluating {key}")
-            metrics = evaluate(model, tok, ctx.settings.eval)
+            metrics = score(model, tok, ctx.settings.eval, built.folder)
             del model
             gates = []
             if built.parent:
@@ -68,6 +52,12 @@ def run_stage(spec: StageSpec, inputs: list[str], ctx: StageContext) -> StageRes
         reused=not missing,
         info={k: m.info for k, m in manifests.items()},
     )
+
+
+def run_stage_on(name: str, inputs: list[str], ctx: StageContext) -> StageResult:
+    """One stage outside a flow (benchmarks, notebooks, tests): derive its keys, then run it."""
+    spec = get_stage(name)
+    return run_stage(spec, PlannedStage(name, list(inputs), output_keys(spec, list(inputs), ctx.settings)), ctx)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from ..evals.tasks import get_task, with_shots
 from ..evals.text import natural_text
+from .focuses import FOCUSES
 
 
 def task_sequences(tokenizer, task_name: str, n: int, shots: int, seed: int, max_len: int, data=None):
@@ -52,12 +53,9 @@ def batches(seqs, batch_size: int, pad_id: int, seed: int) -> Iterator[dict[str,
             yield {"input_ids": ids, "labels": lab, "attention_mask": mask}
 
 
-FOCUS_TASK = {"reasoning": "arithmetic", "memory": "recall", "language": None, "instruction": "instruction"}
-
-
 def focus_sequences(focus: str, tokenizer, n: int, max_len: int, shots: int, seed: int, data=None):
     """Training sequences of a focus: task SFT for task focuses, language modelling for `language`."""
-    task = FOCUS_TASK[focus]
+    task = FOCUSES[focus].task
     if task is None:
         return text_sequences(tokenizer, max_len, n, seed)
     return task_sequences(tokenizer, task, n, shots, seed + 17, max_len, data)

@@ -13,8 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import ConfigError
-from ..bitpack import pack, packed_bytes, unpack
+from ..bitpack import pack, unpack
 
 
 @dataclass
@@ -54,10 +53,6 @@ class Encoded:
                 out[name] = t.contiguous()
         return out
 
-    def stored_bytes(self) -> int:
-        return sum(packed_bytes(t.numel(), self.widths[n][0]) if n in self.widths else t.numel() * t.element_size()
-                   for n, t in self.payload.items())
-
     @classmethod
     def from_packed(cls, codec: str, shape, stored: dict[str, torch.Tensor], params: dict[str, Any],
                     widths: dict[str, tuple[int, bool]], shapes: dict[str, list[int]], extra_bits: int = 0) -> "Encoded":
@@ -81,22 +76,3 @@ class Codec:
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         raise NotImplementedError
-
-
-CODECS: dict[str, type] = {}
-
-
-def register(cls):
-    CODECS[cls.name] = cls
-    return cls
-
-
-def get_codec(name: str, **params) -> Codec:
-    from . import hyper, rtn, seedlm, vptq  # noqa: F401
-
-    if name not in CODECS:
-        raise ConfigError(f"unknown codec {name!r}; built: {sorted(CODECS)}")
-    try:
-        return CODECS[name](**params)
-    except TypeError as e:
-        raise ConfigError(f"codec {name}: {e}") from None

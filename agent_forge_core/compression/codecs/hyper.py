@@ -25,7 +25,7 @@ import math
 import torch
 
 from ...errors import ConfigError
-from .base import Codec, Encoded, register
+from .base import Codec, Encoded
 
 
 def ring_bounds(L: float, r_max: float, K: int, spacing: str) -> torch.Tensor:
@@ -75,7 +75,6 @@ def decode_points(idx: torch.Tensor, n: int, spacing: str, c: torch.Tensor, L: f
     return q / factor[:, None] + c
 
 
-@register
 class HyperCompression(Codec):
     name = "hyper"
 

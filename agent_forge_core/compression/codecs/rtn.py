@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
-from .base import Codec, Encoded, register
+from .base import Codec, Encoded
 
 
-@register
 class RTN(Codec):
     name = "rtn"
 

@@ -26,7 +26,7 @@ import torch
 
 from ...errors import ConfigError
 from .. import lfsr
-from .base import Codec, Encoded, register
+from .base import Codec, Encoded
 
 MANTISSA = 4
 EXPONENT = 4
@@ -150,7 +150,6 @@ def search_pruned(blocks: torch.Tensor, feats: torch.Tensor, U: torch.Tensor, pi
     return k, e_out, q_out, len(top) + len(s)
 
 
-@register
 class SeedLM(Codec):
     name = "seedlm"
 
@@ -165,9 +164,6 @@ class SeedLM(Codec):
         if not 1 <= n_seeds <= lfsr.PERIOD:
             raise ConfigError(f"seedlm n_seeds must be in 1..{lfsr.PERIOD}, got {n_seeds}")
         self.C, self.P, self.n_seeds, self.chunk = C, P, n_seeds, chunk
-
-    def bits_per_block(self) -> int:
-        return lfsr.K + EXPONENT + MANTISSA * self.P
 
     def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
         # checked here, where the search runs, not at config load: the config may be written on a CPU machine

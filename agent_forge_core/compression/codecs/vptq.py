@@ -26,7 +26,7 @@ import math
 import torch
 
 from ...errors import ConfigError
-from .base import Codec, Encoded, register
+from .base import Codec, Encoded
 
 
 def nearest(x: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
@@ -55,7 +55,6 @@ def weighted_kmeans(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, seed: 
     return C
 
 
-@register
 class VPTQ(Codec):
     name = "vptq"
     uses_hessian = True

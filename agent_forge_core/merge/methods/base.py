@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import ConfigError
 
 
 @dataclass
@@ -38,28 +37,10 @@ class MergeMethod:
     max_models: ClassVar[int | None] = None
     model_params: ClassVar[dict[str, Any]] = {}  # name -> default (REQUIRED if it must be given)
     global_params: ClassVar[dict[str, Any]] = {}
+    stochastic: ClassVar[bool] = False  # draws random numbers: seeded by `parameters.seed`
 
     def merge(self, x: TensorInputs) -> torch.Tensor:
         raise NotImplementedError
 
 
 REQUIRED = object()
-METHODS: dict[str, type[MergeMethod]] = {}
-
-
-def register(cls: type[MergeMethod]) -> type[MergeMethod]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> MergeMethod:
-    from . import breadcrumbs, dare, linear, model_stock, passthrough, slerp, task_arithmetic, ties  # noqa: F401
-
-    if name not in METHODS:
-        raise ConfigError(f"unknown merge_method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name]()
-
-
-def available_methods() -> list[str]:
-    get_method("linear")
-    return sorted(METHODS)

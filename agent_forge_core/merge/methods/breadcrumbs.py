@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from ..sparsify import breadcrumbs_mask
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 from .task_vectors import merge_task_vectors
 
 
@@ -11,7 +11,6 @@ def crumbs(delta: torch.Tensor, p: dict, i: int) -> torch.Tensor:
     return delta * breadcrumbs_mask(delta, float(p["density"]), float(p["gamma"]))
 
 
-@register
 class Breadcrumbs(MergeMethod):
     """Model Breadcrumbs (Davari & Belilovsky 2023): mask both tails of each task vector -- the γ
     fraction of largest-magnitude outliers and the smallest entries -- keeping `density`, then task
@@ -28,7 +27,6 @@ class Breadcrumbs(MergeMethod):
         return merge_task_vectors(x, crumbs, consensus=self.consensus)
 
 
-@register
 class BreadcrumbsTies(Breadcrumbs):
     """Breadcrumbs masks followed by TIES sign election."""
 

@@ -14,7 +14,7 @@ import torch
 
 from ...errors import ConfigError
 from ..sparsify import random_mask, rescale_l1, tensor_generator
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 from .task_vectors import merge_task_vectors
 
 
@@ -40,6 +40,7 @@ def drop_and_rescale(x: TensorInputs):
 class _Dare(MergeMethod):
     reference = "https://arxiv.org/abs/2311.03099"
     needs_base = True
+    stochastic = True
     model_params = {"weight": REQUIRED, "density": 1.0}
     global_params = {"normalize": False, "lambda": 1.0, "rescale": True, "rescale_mode": "l1", "int8_mask": False}
     consensus = False
@@ -48,14 +49,12 @@ class _Dare(MergeMethod):
         return merge_task_vectors(x, drop_and_rescale(x), consensus=self.consensus)
 
 
-@register
 class DareLinear(_Dare):
     """DARE drops, then task arithmetic: θ = θ_base + λ Σ_i w_i δ̂_i."""
 
     name = "dare_linear"
 
 
-@register
 class DareTies(_Dare):
     """DARE drops, then TIES sign election and disjoint sum (`normalize` off by default, as mergekit)."""
 

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 
 
-@register
 class Linear(MergeMethod):
     """Weighted average (Wortsman et al. 2022, "Model soups"): θ = Σ_i w_i θ_i / Σ_i w_i.
 

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, TensorInputs, register
+from .base import MergeMethod, TensorInputs
 
 
-@register
 class ModelStock(MergeMethod):
     """Model Stock (Jang et al. 2024, Eq. 5): with N fine-tuned models and their offsets from the base,
     cos θ = mean pairwise cosine of the offsets, t = N cos θ / (1 + (N − 1) cos θ),

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, TensorInputs, register
+from .base import MergeMethod, TensorInputs
 
 
-@register
 class Passthrough(MergeMethod):
     """Copies one input tensor (optionally times `scale`). With `slices` it stacks layer ranges of
     different models into a new model (a "frankenmerge"); the engine renumbers the layers."""

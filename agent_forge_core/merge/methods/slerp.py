@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
@@ -26,7 +26,6 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9
     return (ca * a + cb * b).to(a.dtype)
 
 
-@register
 class Slerp(MergeMethod):
     """SLERP between the base model (t = 0) and one other model (t = 1); `t` may vary by layer/tensor."""
 

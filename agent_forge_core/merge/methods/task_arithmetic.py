@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 from .task_vectors import merge_task_vectors
 
 
-@register
 class TaskArithmetic(MergeMethod):
     """Task arithmetic (Ilharco et al. 2023): θ = θ_base + λ Σ_i w_i (θ_i − θ_base).
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from ..sparsify import magnitude_mask
-from .base import REQUIRED, MergeMethod, TensorInputs, register
+from .base import REQUIRED, MergeMethod, TensorInputs
 from .task_vectors import merge_task_vectors
 
 
@@ -11,7 +11,6 @@ def trim(delta: torch.Tensor, p: dict, i: int) -> torch.Tensor:
     return delta * magnitude_mask(delta, float(p["density"]))
 
 
-@register
 class Ties(MergeMethod):
     """TIES-Merging (Yadav et al. 2023): trim each task vector to its top-`density` magnitudes, elect a
     sign per entry by summed weighted mass, average the agreeing entries (disjoint mean, `normalize`

@@ -1,4 +1,4 @@
-"""The compressed artifact: one folder that rebuilds a runnable model, holding no float copy of what it
+"""The compressed-artifact format: one folder that rebuilds a runnable model, holding no float copy of what it
 compresses.
 
     compression.json     format, per tensor: codec, parameters, shape, dtype, payload field shapes and bit
@@ -10,30 +10,35 @@ compresses.
 `bitnet.json` is carried over when the input was a BitNet checkpoint: its ternary layers pass through
 with their packed codes (`ternary` entries) and are rebuilt as PackedBitLinear layers.
 
-`load_compressed` decodes every tensor once and returns a transformers model; `check_size` verifies the
+`load` decodes every tensor once and returns a transformers model; `export_hf` writes the decoded model as
+a plain HF folder (a BitNet base through the BitNet export); `check_size` verifies the
 payload's bytes on disk against the accounted bits (so an artifact can never silently hold raw weights).
 """
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .codecs import get_codec
-from .codecs.base import Encoded
+from ..compression.codecs import get_codec
+from ..compression.codecs.base import Encoded
+from . import bitnet, hf
+from .files import copy_side_files
 
+NAME = "compressed"
 MANIFEST = "compression.json"
 PAYLOAD = "payload.safetensors"
 FORMAT = "agent-forge-compressed/1"
 SEP = "::"
+EXPORT_NOTE = "every tensor decoded from the compressed artifact (float weights)"
 
 
-def is_compressed_folder(folder: str | Path) -> bool:
+def detect(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
@@ -57,10 +62,7 @@ def write_artifact(folder: Path, tensors: dict[str, torch.Tensor], entries: dict
     """Write payload + manifest; copy config/tokenizer (and bitnet.json) from the source checkpoint."""
     folder.mkdir(parents=True, exist_ok=False)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / PAYLOAD))
-    for f in source.iterdir():
-        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("manifest.json", ".verified", MANIFEST) \
-                and not f.name.endswith(".index.json"):
-            shutil.copy2(f, folder / f.name)
+    copy_side_files(source, folder, skip=(MANIFEST,))
     weights = sum(torch.Size(e["shape"]).numel() for e in entries.values() if e["codec"] != "tied")
     bits = sum(e["bits"] for e in entries.values())
     coded = {n: e for n, e in entries.items() if e["codec"] not in ("keep", "tied")}
@@ -119,25 +121,27 @@ def decode_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return state, manifest
 
 
-def load_compressed(folder: str | Path, device: str = "cpu"):
+@contextmanager
+def _bitnet_folder(folder: Path, state: dict[str, torch.Tensor]) -> Iterator[Path]:
+    """A scratch BitNet checkpoint of the decoded state: ternary layers keep their packed codes."""
+    with tempfile.TemporaryDirectory(prefix="af-decoded-") as tmp:
+        copy_side_files(folder, tmp, skip=(MANIFEST,))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
+        yield Path(tmp)
+
+
+def load(folder: str | Path, device: str = "cpu", **_options):
     """(model, tokenizer) rebuilt from a compressed artifact; weights decoded once, here."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     state, manifest = decode_state(folder)
+    if bitnet.detect(folder):
+        with _bitnet_folder(folder, state) as tmp:
+            return bitnet.load_bitnet(tmp, device=device)
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if (folder / "bitnet.json").is_file():
-        # ternary layers keep their packed codes: rebuild through the BitNet loader from a scratch folder
-        from ..bitnet.checkpoint import load_bitnet
-
-        with tempfile.TemporaryDirectory(prefix="af-decoded-") as tmp:
-            for f in folder.iterdir():
-                if f.name not in (PAYLOAD, MANIFEST):
-                    shutil.copy2(f, Path(tmp) / f.name)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
-            return load_bitnet(tmp, device=device)
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     dtypes = {n: p.dtype for n, p in model.state_dict().items()}
@@ -149,3 +153,13 @@ def load_compressed(folder: str | Path, device: str = "cpu"):
         raise RuntimeError(f"compressed artifact {folder} does not match its config: missing "
                            f"{sorted(set(missing) - aliases)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.to(device).eval(), tok
+
+
+def export_hf(folder: str | Path, out: str | Path) -> Path:
+    """A plain HF folder of the decoded float weights (a ternary base: its dequantized values)."""
+    folder = Path(folder)
+    if bitnet.detect(folder):
+        with _bitnet_folder(folder, decode_state(folder)[0]) as tmp:
+            return bitnet.export_hf(tmp, out)
+    model, tok = load(folder)
+    return hf.save(model, tok, out)

@@ -1,4 +1,4 @@
-"""BitNet checkpoints: packed ternary codes on disk, never the dequantized floats.
+"""The BitNet format: packed ternary codes on disk, never the dequantized floats.
 
 Files: `model.safetensors` holds every tensor that is not a BitLinear weight (embeddings, norms, head)
 plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32 scalar); `bitnet.json` holds
@@ -15,22 +15,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .bitlinear import BitLinear, PackedBitLinear
-from .convert import bit_layers
-from .packing import bits_per_weight, pack, unpack
-from .ternary import dequant_weight, weight_codes
+from ..bitnet.bitlinear import BitLinear, PackedBitLinear
+from ..bitnet.convert import bit_layers
+from ..bitnet.packing import bits_per_weight, pack, unpack
+from ..bitnet.ternary import dequant_weight, weight_codes
+from . import hf
 
+NAME = "bitnet"
 META = "bitnet.json"
+EXPORT_NOTE = "float weights with the ternary values (activations not quantized)"
 
 
-def is_bitnet_folder(folder: str | Path) -> bool:
+def detect(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
+
+
+def ternary_layers(folder: str | Path) -> dict[str, list[int]]:
+    """{BitLinear module name: weight shape} of a BitNet checkpoint; empty for any other."""
+    meta = Path(folder) / META
+    return json.loads(meta.read_text())["layers"] if meta.is_file() else {}
 
 
 def save_bitnet(model, tokenizer, folder: str | Path, fmt: str) -> dict:
     """Write the packed checkpoint; returns the bits-per-weight account."""
-    from transformers import GenerationConfig
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     layers = bit_layers(model)
@@ -53,10 +60,7 @@ def save_bitnet(model, tokenizer, folder: str | Path, fmt: str) -> dict:
     account = bits_account(model, fmt)
     meta = {"format": fmt, "act_bits": first.act_bits, "norm": first.norm, "layers": meta_layers, "account": account}
     (folder / META).write_text(json.dumps(meta, indent=1))
-    cfg = model.config
-    cfg.save_pretrained(folder)
-    (getattr(model, "generation_config", None) or GenerationConfig.from_model_config(cfg)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    hf.write_side_files(model, tokenizer, folder)
     return account
 
 
@@ -94,6 +98,11 @@ def latent_from_codes(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return codes.float() * (gamma / p)
 
 
+def load(folder: str | Path, device: str = "cpu", **_options):
+    """The packed inference model (PackedBitLinear layers) and its tokenizer."""
+    return load_bitnet(folder, device=device)
+
+
 def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -114,8 +123,7 @@ def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"
                     layer.bias.copy_(bias)
         else:
             layer = PackedBitLinear(packed, gamma, tuple(shape), fmt, bias, meta["act_bits"], meta["norm"])
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        model.set_submodule(name, layer)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if m.rpartition(".")[0] not in meta["layers"]]  # set above
     if getattr(config, "tie_word_embeddings", False):
@@ -130,13 +138,11 @@ def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"
     return model.to(device).eval(), tok
 
 
-def export_dequantized(folder: str | Path, out: str | Path) -> Path:
+def export_hf(folder: str | Path, out: str | Path) -> Path:
     """A plain HF folder (float weights gamma * W~, so the ternary structure is kept) that
     AutoModelForCausalLM loads without Agent Forge. Activations are not quantized there: its logits
     are close to, not equal to, the packed inference path."""
     from torch import nn
-
-    from ..model_io import save_model
 
     model, tok = load_bitnet(folder)
     for name, mod in list(model.named_modules()):
@@ -146,6 +152,5 @@ def export_dequantized(folder: str | Path, out: str | Path) -> Path:
                 lin.weight.copy_(dequant_weight(mod.codes, mod.gamma, torch.float32))
                 if mod.bias is not None:
                     lin.bias.copy_(mod.bias)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
-    return save_model(model, tok, out)
+            model.set_submodule(name, lin)
+    return hf.save(model, tok, out)

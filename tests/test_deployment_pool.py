@@ -1,5 +1,6 @@
-"""DeploymentEvaluator's decisions against a scripted fake server: which runs are retried, timed out,
-cancelled or scored worst, and that a candidate that merely scores badly is never retried."""
+"""DeploymentPool's decisions against a scripted fake server: which runs are retried, timed out,
+cancelled or given up as lost, and that a job that merely returns a bad result is never retried. The pool
+is generic: the job here is the EvoMerge candidate job, whose lost result scores worst."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ from uuid import uuid4
 
 import pytest
 
-from agent_forge_core.evomerge.candidate import result_path
+from agent_forge_core.evomerge.candidate import CANDIDATE_JOB
 from agent_forge_core.evomerge.fitness import WORST
 from agent_forge_core.store import CheckpointStore
-from tasks.remote_candidates import DeploymentEvaluator
+from tasks.deployment_pool import DeploymentPool
 
 
 class FakeServer:
@@ -28,7 +29,7 @@ class FakeServer:
     def launch(self, request, attempt):
         rid = uuid4()
         self.runs[rid] = {"script": list(self.scripts[len(self.launched)]), "request": request}
-        self.launched.append((request["index"], attempt))
+        self.launched.append((request["id"], attempt))
         return rid
 
     def read_flow_run(self, rid):
@@ -36,8 +37,8 @@ class FakeServer:
         kind = run["script"].pop(0) if len(run["script"]) > 1 else run["script"][0]
         if kind == "COMPLETED" and self.write_result:
             req = run["request"]
-            self.store.write_file(result_path(req["run_id"], req["index"]), json.dumps(
-                {"index": req["index"], "recipe": req["recipe"], "status": "ok", "fitness": -3.0 - req["index"]}).encode())
+            result = {"index": req["id"], "recipe": req["recipe"], "status": "ok", "fitness": -3.0 - req["id"]}
+            self.store.write_file(CANDIDATE_JOB.result_path(req), json.dumps({"request": req, "result": result}).encode())
         return SimpleNamespace(state=SimpleNamespace(type=SimpleNamespace(value=kind), name=kind.title(), message="boom"))
 
     def set_flow_run_state(self, rid, state, force=False):
@@ -48,19 +49,20 @@ class FakeServer:
 @pytest.fixture
 def make(tiny_settings):
     def make(scripts, retries=1, timeout=10.0, write_result=True):
-        settings = tiny_settings(f"evomerge.run_retries={retries}", f"evomerge.run_timeout_s={timeout}", "evomerge.poll_s=1")
+        settings = tiny_settings(f"evomerge.runtime.run_retries={retries}", f"evomerge.runtime.run_timeout_s={timeout}",
+                                 "evomerge.runtime.poll_s=1")
         store = CheckpointStore.from_settings(settings.store)
         server = FakeServer(scripts, store, write_result)
         clock = {"t": 0.0}
-        ev = DeploymentEvaluator(settings, 2, server, server.launch, clock=lambda: clock["t"],
-                                 sleep=lambda s: clock.__setitem__("t", clock["t"] + s))
+        ev = DeploymentPool(CANDIDATE_JOB, settings.evomerge.runtime, store, 2, server, server.launch,
+                            clock=lambda: clock["t"], sleep=lambda s: clock.__setitem__("t", clock["t"] + s))
         return ev, server, clock
 
     return make
 
 
 def req(i):
-    return {"run_id": "r", "index": i, "genome": [0.5], "recipe": {"merge_method": "linear", "i": i}}
+    return {"run_id": "r", "id": i, "genome": [0.5], "recipe": {"merge_method": "linear", "i": i}}
 
 
 def test_completed_run_result_comes_from_the_store_and_a_bad_score_is_not_retried(make):

@@ -1,6 +1,7 @@
 """Stage 0, `import`: the base model as the first checkpoint of the lineage, with its metrics.
 
-Its key depends on the model source (not the device), so every later stage's key does too.
+Its key depends on the `model` section (source, dtype...), as every stage's key does, so every later
+stage's key does too.
 """
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import uuid
 from typing import Iterator
 
 from ..model_io import load_model, save_model
-from .contract import Built, StageContext, StageSpec
-from .registry import register
+from ..stages.contract import Built, StageContext, StageSpec
+from .settings import ImportSettings
 
 
-def build(inputs: list[str], section, ctx: StageContext, variants: list[str]) -> Iterator[Built]:
+def build(inputs: list[str], section: ImportSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     m = ctx.settings.model
     ctx.progress(0.0, f"import: loading {m.source}")
     model, tok = load_model(
@@ -22,13 +23,11 @@ def build(inputs: list[str], section, ctx: StageContext, variants: list[str]) ->
     yield Built(variant="", folder=folder, parent="", info={"source": m.source}, model=model, tokenizer=tok)
 
 
-SPEC = register(
-    StageSpec(
-        name="import",
-        version=1,
-        takes="none",
-        build=build,
-        hashed_config=lambda s: s.model.model_dump(exclude={"device"}),
-        description="Load the base model (folder, GGUF, hub id or alias) and record its metrics.",
-    )
+SPEC = StageSpec(
+    name="import",
+    version=1,
+    takes="none",
+    build=build,
+    settings=ImportSettings,
+    description="Load the base model (folder, GGUF, hub id or alias) and record its metrics.",
 )

@@ -2,7 +2,7 @@
 
 The chosen linears become BitLinear; a short QAT fine-tune on the configured mixture ramps
 quantization in with the lambda schedule (`bitnet.convert`), then the checkpoint is written packed
-(`bitnet.checkpoint`). The runner evaluates the model rebuilt from the packed files, so the metrics
+(`formats/bitnet.py`). The runner evaluates the model rebuilt from the packed files, so the metrics
 in the manifest are those of the packed inference path. Plain post-training ternarization (no
 training) is evaluated too and recorded as `info.ptq_metrics`.
 """
@@ -12,18 +12,17 @@ import random
 import uuid
 from typing import Iterator
 
-from ..bitnet.checkpoint import save_bitnet
-from ..bitnet.convert import convert, lambda_at, set_lambda
-from ..config import BitnetSettings
 from ..evals.suite import evaluate
+from ..formats.bitnet import save_bitnet
 from ..model_io import load_model
+from ..stages.contract import Built, StageContext, StageSpec
 from ..training.loop import train
 from ..training.sft_data import batches, focus_sequences
-from .contract import Built, StageContext, StageSpec
-from .registry import register
+from .convert import convert, lambda_at, set_lambda
+from .settings import BitnetSettings
 
 
-def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, variants: list[str]) -> Iterator[Built]:
+def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     model, tok = load_model(str(ctx.store.get(parent)), device=str(ctx.device))
     names = convert(model, cfg.modules, cfg.act_bits, cfg.norm)
@@ -55,12 +54,11 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, variants: l
     yield Built(variant="", folder=folder, parent=parent, info=info)  # evaluated from the packed files
 
 
-SPEC = register(
-    StageSpec(
-        name="bitnet",
-        version=1,
-        takes="one",
-        build=build,
-        description="BitNet b1.58: ternary weights, 8-bit activations, QAT with a lambda warm-up, packed storage.",
-    )
+SPEC = StageSpec(
+    name="bitnet",
+    version=1,
+    takes="one",
+    build=build,
+    settings=BitnetSettings,
+    description="BitNet b1.58: ternary weights, 8-bit activations, QAT with a lambda warm-up, packed storage.",
 )

@@ -1,0 +1,60 @@
+"""Settings of the BitNet b1.58 stage."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ..architecture import PROJECTIONS
+from ..settings_base import StageSection, known
+from ..training.focuses import check_focuses
+from .convert import SCHEDULES
+from .packing import FORMATS
+
+
+class BitnetSettings(StageSection):
+    profiles = {"full": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
+
+    modules: list[str] = Field(
+        default_factory=lambda: list(PROJECTIONS),
+        min_length=1, description="Linear layers to ternarize (name suffixes); lm_head and embeddings stay float.",
+    )
+    act_bits: int = Field(8, ge=2, le=8)
+    norm: bool = Field(False, description="RMSNorm before activation quantization (the b1.58 SubLN).")
+    packing: str = Field("base3", description="base3: 1.6 bits/weight; 2bit: faster unpacking.")
+    schedule: str = Field("linear", description="lambda warm-up schedule: linear, exponential, sigmoid or none.")
+    warmup: int = Field(30, ge=0, description="Steps over which quantization is ramped in (lambda 0 -> 1).")
+    steps: int = Field(60, gt=0, description="QAT steps (0 would be post-training ternarization).")
+    lr: float = Field(2e-4, gt=0)
+    lr_warmup: int = Field(5, ge=0)
+    batch_size: int = Field(8, gt=0)
+    max_len: int = Field(256, gt=16)
+    data: list[str] = Field(
+        default_factory=lambda: ["language", "reasoning", "memory", "instruction"], min_length=1,
+        description="Training mixture for QAT: focuses (training/focuses.py), the same generators as Cognate, train split.",
+    )
+    measure_ptq: bool = Field(True, description="Also evaluate plain post-training ternarization (no training).")
+    seed: int = 0
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 20.0})
+
+    @field_validator("packing")
+    @classmethod
+    def _packing(cls, v: str) -> str:
+        return known(v, FORMATS, "packing")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        return known(v, SCHEDULES, "schedule")
+
+    @field_validator("data")
+    @classmethod
+    def _focuses(cls, v: list[str]) -> list[str]:
+        return check_focuses(v)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "BitnetSettings":
+        if self.warmup > self.steps:
+            raise ValueError(
+                f"warmup ({self.warmup}) must not exceed steps ({self.steps}): quantization would never reach "
+                "full strength during training"
+            )
+        return self

@@ -1,0 +1,38 @@
+"""Settings of the Cognate stage (and of the LoRA adapters it trains)."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from ..architecture import PROJECTIONS
+from ..settings_base import Section, StageSection
+from ..training.focuses import check_focuses
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(PROJECTIONS))
+
+
+class CognateSettings(StageSection):
+    profiles = {"full": {"steps": 600, "batch_size": 16, "max_len": 512, "warmup": 30, "lora": {"r": 32, "alpha": 64}}}
+
+    enabled: bool = True
+    focuses: list[str] = Field(default_factory=lambda: ["reasoning", "memory", "language"], min_length=1,
+                               description="One variant per focus (training/focuses.py).")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    steps: int = Field(30, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_len: int = Field(256, gt=16, description="Tokens per training sequence.")
+    warmup: int = Field(4, ge=0)
+    seed: int = 0
+    gates: dict[str, float] = Field(
+        default_factory=lambda: {"perplexity": 0.5, "arithmetic": 0.25, "recall": 0.25, "instruction": 0.25}
+    )
+
+    @field_validator("focuses")
+    @classmethod
+    def _known_focuses(cls, v: list[str]) -> list[str]:
+        return check_focuses(v)

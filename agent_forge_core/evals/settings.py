@@ -1,0 +1,38 @@
+"""Settings of the eval suite run on every stage's output (part of every checkpoint key)."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ..settings_base import Section
+from .tasks import TASK_NAMES
+
+
+class EvalSettings(Section):
+    profiles = {"full": {"n_examples": 200, "shots": 2, "ppl_tokens": 32768, "ppl_window": 1024, "batch_size": 32}}
+
+    tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
+    n_examples: int = Field(32, gt=0, description="Examples per task on the scored split.")
+    shots: int = Field(1, ge=0, description="In-context examples (from the train split) in each prompt.")
+    ppl_tokens: int = Field(4096, gt=0, description="Tokens of held-out text for perplexity.")
+    ppl_window: int = Field(256, gt=8)
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    seed: int = 1234
+    data: dict[str, str] = Field(
+        default_factory=dict, description="Bring your own data: task name -> JSONL file with prompt/answer rows."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; allowed: {list(TASK_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "EvalSettings":
+        if self.ppl_tokens < self.ppl_window:
+            raise ValueError(f"ppl_tokens ({self.ppl_tokens}) must be at least ppl_window ({self.ppl_window}): "
+                             "perplexity is scored in whole windows")
+        return self

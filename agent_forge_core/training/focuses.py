@@ -1,0 +1,32 @@
+"""The training focuses: what each one trains on and the metric that shows its effect.
+
+A task focus trains on its task's train split (SFT on the completion); `language` trains on held-in
+natural text. Cognate makes one variant per focus; BitNet QAT mixes focuses as its training data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Focus:
+    task: str | None  # the eval task it trains on; None: language modelling on natural text
+    metric: str  # the metric that shows its effect
+
+
+FOCUSES = {
+    "reasoning": Focus("arithmetic", "arithmetic"),  # arithmetic word problems with worked steps
+    "memory": Focus("recall", "recall"),  # in-context key-value recall
+    "language": Focus(None, "perplexity"),  # held-in natural text
+    "instruction": Focus("instruction", "instruction"),  # short instructions with checkable formats
+}
+
+
+def check_focuses(names: list[str]) -> list[str]:
+    """Validator body: known, distinct focus names."""
+    bad = [n for n in names if n not in FOCUSES]
+    if bad:
+        raise ValueError(f"unknown focus(es) {bad}; allowed: {list(FOCUSES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"focuses must be distinct, got {names}")
+    return names
