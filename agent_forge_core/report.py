@@ -7,7 +7,7 @@ from typing import Any
 from .evals.suite import is_lower_better
 from .store import CheckpointStore, Manifest
 
-CHART_METRICS = ("perplexity", "arithmetic", "recall", "instruction")
+CHART_METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction")
 
 
 def label(m: Manifest) -> str:
@@ -33,23 +33,34 @@ def metrics_table(manifests: list[Manifest]) -> list[dict[str, Any]]:
     return rows
 
 
+def cell(metrics: dict[str, float], name: str) -> str:
+    """A metric as text; an accuracy with its standard error (`0.438 ± 0.057`)."""
+    if name not in metrics:
+        return "-"
+    se = metrics.get(f"{name}_se")
+    return f"{metrics[name]:.3f} ± {se:.3f}" if se is not None else f"{metrics[name]:.4g}"
+
+
 def markdown(manifests: list[Manifest], finals: list[str], store: CheckpointStore, title: str) -> str:
-    names = sorted({k for m in manifests for k in m.metrics})
+    names = sorted({k for m in manifests for k in m.metrics if not k.endswith("_se")})
     lines = [f"# Forge report: {title}", "", "## Final checkpoints", ""]
     lines += [f"- `{k}` at `{store.uri(k)}`" for k in finals]
     lines += ["", "## Lineage", ""]
     for k in finals:
         lines.append("- " + " -> ".join(f"`{label(m)}` ({m.key})" for m in store.lineage(k)))
     arrows = {n: ("lower is better" if is_lower_better(n) else "higher is better") for n in names}
-    lines += ["", "## Metrics (held-out test split)", "", "| checkpoint | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
+    lines += ["", "## Metrics (held-out test split, test phrasing families)", "",
+              "| checkpoint | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for m in manifests:
-        lines.append(f"| {label(m)} | " + " | ".join(f"{m.metrics[n]:.4g}" if n in m.metrics else "-" for n in names) + " |")
-    lines += ["", "; ".join(f"{n}: {d}" for n, d in arrows.items()), "", "## Gates", ""]
+        lines.append(f"| {label(m)} | " + " | ".join(cell(m.metrics, n) for n in names) + " |")
+    lines += ["", "; ".join(f"{n}: {d}" for n, d in arrows.items()) + "; accuracies ± one standard error",
+              "", "## Gates", ""]
     for m in manifests:
         for g in m.info.get("gates", []):
+            noise = "" if g.get("noise") is None else \
+                f", change {'beyond' if g['significant'] else 'within'} noise ±{g['noise']:.3f}"
             lines.append(f"- {label(m)}: {g['metric']} {g['before']:.4g} -> {g['after']:.4g} "
-                         f"(limit {g['limit']}) {'pass' if g['passed'] else 'FAIL'}")
+                         f"(limit {g['limit']}{noise}) {'pass' if g['passed'] else 'FAIL'}")
     return "\n".join(lines) + "\n"
 
 

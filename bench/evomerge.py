@@ -1,8 +1,10 @@
 """Benchmark: the evolved merge versus its parts, and merge throughput versus I/O and mergekit.
 
-Part 1 (quality, held-out test split, n = eval.n_examples per task): the combined score (the search's
-fitness formula, `evomerge.fitness`) of the base model, each cognate alone, a uniform linear merge of the
-cognates, and the EvoMerge winner (searched on the validation split only).
+Part 1 (quality, n = eval.n_examples per task): the combined score (the search's fitness formula,
+`evomerge.fitness`) with its standard error, of the base model, each cognate alone, a uniform linear merge
+of the cognates, and the EvoMerge winner (searched on the validation split only), on the test split (test
+phrasing families) and on the validation split (validation families); the generalization gap is their
+difference.
 Part 2 (throughput, the default model's cognates, float32): GB/s read for our streaming merge, for a plain
 safetensors read of the inputs plus write of one output (the I/O floor), and for mergekit 0.1.5 on the
 same YAML; methods linear, ties, dare_ties, slerp; the relative difference to mergekit's tensors is also
@@ -29,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
 from agent_forge_core.evals.suite import evaluate
-from agent_forge_core.evomerge.fitness import combined_score
+from agent_forge_core.evomerge.fitness import combined_score, score_se
 from agent_forge_core.merge import parse_recipe, run_merge
 from agent_forge_core.merge.safetensors_io import LazyCheckpoint
 from agent_forge_core.model_io import load_model
@@ -39,31 +41,49 @@ RESULTS = Path("bench/results")
 
 
 def quality(ctx, imp, cog, evo) -> dict:
+    """Every model on the test families (what the report shows) and on the validation families (what the
+    search optimized); the generalization gap is validation minus test."""
     s = ctx.settings
     w = s.evomerge.fitness
-    rows = [{"model": "base", "key": imp.outputs[0], "metrics": imp.metrics[imp.outputs[0]]}]
+    rows = [{"model": "base", "key": imp.outputs[0], "test": imp.metrics[imp.outputs[0]]}]
     for k in cog.outputs:
-        rows.append({"model": f"cognate:{cog.info[k]['focus']}", "key": k, "metrics": cog.metrics[k]})
+        rows.append({"model": f"cognate:{cog.info[k]['focus']}", "key": k, "test": cog.metrics[k]})
     uniform = parse_recipe({"merge_method": "linear", "models": [{"model": k, "parameters": {"weight": 1.0}} for k in cog.outputs]})
+    key = evo.outputs[0]
+    rows.append({"model": "uniform linear merge", "key": "-"})
+    rows.append({"model": "evomerge winner", "key": key, "test": evo.metrics[key],
+                 "recipe": evo.info[key]["recipe"], "search_validation_score": evo.info[key]["validation_score"]})
     with tempfile.TemporaryDirectory(dir=s.work_dir) as tmp:
         run_merge(uniform, Path(tmp) / "m", {k: ctx.store.get(k) for k in cog.outputs})
-        model, tok = load_model(str(Path(tmp) / "m"))
-        rows.append({"model": "uniform linear merge", "key": "-", "metrics": evaluate(model, tok, s.eval)})
-        del model
-    key = evo.outputs[0]
-    rows.append({"model": "evomerge winner", "key": key, "metrics": evo.metrics[key],
-                 "recipe": evo.info[key]["recipe"], "validation_score": evo.info[key]["validation_score"]})
+        for r in rows:
+            model, tok = load_model(str(Path(tmp) / "m") if r["key"] == "-" else str(ctx.store.get(r["key"])))
+            if "test" not in r:
+                r["test"] = evaluate(model, tok, s.eval)
+            r["validation"] = evaluate(model, tok, s.eval, split="validation")
+            del model
     for r in rows:
-        r["score"] = combined_score(r["metrics"], w)
-    cols = ["perplexity", "arithmetic", "recall", "instruction"]
-    print(f"\n{'model':<24}" + "".join(f"{c:>13}" for c in cols) + f"{'combined':>11}")
+        for split in ("test", "validation"):
+            r[f"{split}_score"] = combined_score(r[split], w)
+            r[f"{split}_score_se"] = score_se(r[split], w)
+        r["gap"] = r["validation_score"] - r["test_score"]
+    cols = ["perplexity", "perplexity_ood", "arithmetic", "recall", "instruction"]
+
+    def cell(m, c):
+        return f"{m[c]:.3f}±{m[c + '_se']:.3f}" if c + "_se" in m else f"{m[c]:.2f}"
+
+    print(f"\n{'model (test families)':<24}" + "".join(f"{c:>15}" for c in cols) + f"{'score':>16}{'val score':>11}{'gap':>8}")
     for r in rows:
-        print(f"{r['model']:<24}" + "".join(f"{r['metrics'][c]:>13.4f}" for c in cols) + f"{r['score']:>11.4f}")
-    win = rows[-1]["score"]
-    others = {r["model"]: r["score"] for r in rows[1:-1]}
-    beats = {m: win > v for m, v in others.items()}
-    print(f"winner beats: {beats}")
-    return {"rows": rows, "winner_beats": beats, "per_generation": evo.info[key]["per_generation"],
+        print(f"{r['model']:<24}" + "".join(f"{cell(r['test'], c):>15}" for c in cols)
+              + f"{r['test_score']:>9.3f}±{r['test_score_se']:.3f}{r['validation_score']:>11.3f}{r['gap']:>8.3f}")
+    win = rows[-1]
+    others = rows[1:-1]
+    beats = {r["model"]: win["test_score"] > r["test_score"] for r in others}
+    beyond = {r["model"]: abs(win["test_score"] - r["test_score"]) > 2 * (win["test_score_se"] ** 2 + r["test_score_se"] ** 2) ** 0.5
+              for r in others}
+    best_cognate = max((r for r in others if r["model"].startswith("cognate")), key=lambda r: r["test_score"])
+    print(f"winner beats (test score): {beats}; beyond noise: {beyond}; best single cognate: {best_cognate['model']}")
+    return {"rows": rows, "winner_beats": beats, "winner_beats_beyond_noise": beyond,
+            "best_single_cognate": best_cognate["model"], "per_generation": evo.info[key]["per_generation"],
             "candidates": evo.info[key]["candidates"], "fitness_weights": w}
 
 

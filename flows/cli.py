@@ -24,7 +24,7 @@ def _settings(args):
 
 
 def _print_table(rows: list[dict]) -> None:
-    cols = ["stage", "perplexity", "arithmetic", "recall", "instruction"]
+    cols = ["stage", "perplexity", "perplexity_ood", "arithmetic", "recall", "instruction"]
     print("  ".join(f"{c:>14}" if i else f"{c:<22}" for i, c in enumerate(cols)))
     for r in rows:
         cells = [f"{r.get('stage', ''):<22}"] + [

@@ -27,7 +27,7 @@ def test_merged_adapter_equals_peft_model(tiny_model_dir):
 
 
 def test_each_cognate_improves_its_focus_metric(tiny_settings):
-    s = tiny_settings("cognate.steps=40", "cognate.lr=0.01", "cognate.batch_size=8", "eval.n_examples=16")
+    s = tiny_settings("cognate.steps=100", "cognate.lr=0.01", "cognate.batch_size=8", "eval.n_examples=16")
     ctx = make_context(s)
     base = run_stage_on("import", [], ctx)
     res = run_stage_on("cognate", base.outputs, ctx)

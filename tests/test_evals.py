@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from agent_forge_core.config import EvalSettings
+from agent_forge_core.evals.settings import EvalSettings
 from agent_forge_core.evals.gates import check_gates, enforce_gates
-from agent_forge_core.evals.suite import evaluate, greedy_complete, perplexity, target_nll
+from agent_forge_core.evals.suite import (difference_noise, evaluate, greedy_complete, perplexity, standard_error,
+                                          target_nll)
 from agent_forge_core.evals.tasks import BUILTIN, SPLITS, Example, get_task, with_shots
 from agent_forge_core.evals.text import natural_text
 from agent_forge_core.errors import GateFailed
@@ -14,18 +15,52 @@ from agent_forge_core.model_io import load_model
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))
-def test_splits_are_disjoint_deterministic_and_checkable(name):
+def test_no_family_is_in_two_splits_and_every_split_has_its_own(name):
     t = BUILTIN[name]
-    sets = {s: {e.prompt for e in t.examples(s, 60, 0)} for s in SPLITS}
-    assert all(len(v) == 60 for v in sets.values())
-    assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["validation"])
-    assert not (sets["validation"] & sets["test"])
+    owner = {}
+    for f in t.families:
+        assert owner.setdefault(f.name, f.split) == f.split
+    for split in SPLITS:
+        assert t.families_of(split), (name, split)
+    drawn = {s: t.examples(s, 120, 0) for s in SPLITS}
+    fams = {s: {e.family for e in exs} for s, exs in drawn.items()}
+    assert fams["train"].isdisjoint(fams["validation"] | fams["test"]) and fams["validation"].isdisjoint(fams["test"])
+    assert all(fams[s] == {f.name for f in t.families_of(s)} for s in SPLITS)  # every family is drawn
+    prompts = {s: {e.prompt for e in exs} for s, exs in drawn.items()}
+    assert all(len(v) == 120 for v in prompts.values())
+    assert not (prompts["train"] & prompts["test"]) and not (prompts["train"] & prompts["validation"])
+    assert not (prompts["validation"] & prompts["test"])
     assert [e.prompt for e in t.examples("test", 10, 0)] == [e.prompt for e in t.examples("test", 10, 0)]
     assert [e.prompt for e in t.examples("test", 10, 0)] != [e.prompt for e in t.examples("test", 10, 1)]
-    for ex in t.examples("test", 30, 0):
-        assert t.check(ex.target, ex)
-        assert t.check(ex.target + "\nQ: junk", ex)
-        assert not t.check(" nothing useful", ex)
+
+
+def near_misses(name: str, ex: Example) -> list[str]:
+    """Completions a sloppy model might give: off by one, reformatted, truncated."""
+    if name == "arithmetic":
+        n = int(ex.answer)
+        return [ex.target.replace(f"Answer: {n}", f"Answer: {n + 1}"), ex.target.rsplit(" Answer:", 1)[0],
+                f" Answer: {n - 1}", f" The answer is {n}."]
+    if name == "recall":
+        n = int(ex.answer)
+        return [f" {n + 1}", f" {n - 1}", " unknown", f" {str(n)[::-1]}" if str(n) != str(n)[::-1] else " 0"]
+    out = ex.answer
+    return [f" {out} ", f" {out}.", f" {out.lower()}" if out != out.lower() else f" {out},", f" {out[:-1]}",
+            f" {out.replace(',', ', ')}" if "," in out else f" ({out})"]
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_each_checker_accepts_the_answer_in_every_family_and_rejects_near_misses(name):
+    t = BUILTIN[name]
+    for fam in t.families:
+        import random
+
+        rng = random.Random(f"check:{fam.name}")
+        for _ in range(25):
+            ex = fam.make(rng)
+            assert t.check(ex.target, ex) and t.check(ex.target + "\nQ: junk", ex), (fam.name, ex)
+            for miss in near_misses(name, ex):
+                if miss.strip() != ex.answer:
+                    assert not t.check(miss, ex), (fam.name, ex.prompt, miss)
 
 
 def test_arithmetic_targets_are_correct_arithmetic():
@@ -41,6 +76,22 @@ def test_text_splits_are_disjoint():
     tr, te = natural_text("train"), natural_text("test")
     assert len(tr) > 300_000 and len(te) > 20_000
     assert te[:2000] not in tr
+
+
+def test_out_of_domain_text_is_found_offline_in_halves():
+    from importlib import resources
+
+    from agent_forge_core.evals.text import OOD_SOURCE, ood_text
+
+    folder = resources.files("chatterbot_corpus") / "data" / "english"  # installed with the project
+    assert (folder / "greetings.yml").is_file() and OOD_SOURCE["license"] == "BSD-3-Clause"
+    val, test = ood_text("validation"), ood_text("test")
+    assert len(val) > 25_000 and len(test) > 25_000
+    assert set(val.split("\n\n")).isdisjoint(test.split("\n\n"))
+    assert "def " not in test and "import " not in test  # the programming file is left out
+    assert val[:500] not in natural_text("validation")
+    with pytest.raises(ValueError, match="nothing to train on"):
+        ood_text("train")
 
 
 def test_bring_your_own_jsonl(tmp_path):
@@ -100,8 +151,24 @@ def test_evaluate_reports_every_metric(tiny):
     model, tok = tiny
     cfg = EvalSettings(n_examples=4, ppl_tokens=256, ppl_window=64, max_new_tokens=4)
     m = evaluate(model, tok, cfg)
-    assert set(m) == {"perplexity", "arithmetic", "arithmetic_nll", "recall", "recall_nll", "instruction", "instruction_nll"}
-    assert m["perplexity"] > 1 and all(0 <= m[t] <= 1 for t in ("arithmetic", "recall", "instruction"))
+    tasks = ("arithmetic", "recall", "instruction")
+    assert set(m) == {"perplexity", "perplexity_ood", *tasks, *(f"{t}_nll" for t in tasks), *(f"{t}_se" for t in tasks)}
+    assert m["perplexity"] > 1 and m["perplexity_ood"] > 1 and all(0 <= m[t] <= 1 for t in tasks)
+    assert all(m[f"{t}_se"] == pytest.approx(standard_error(round(m[t] * 4), 4)) for t in tasks)
+    assert "perplexity_ood" not in evaluate(model, tok, cfg, split="train")  # no train half to score
+
+
+def test_standard_error_is_agresti_coull_and_noise_decides_significance():
+    assert standard_error(16, 32) == pytest.approx(math.sqrt(0.5 * 0.5 / 36))
+    assert standard_error(0, 72) == pytest.approx(math.sqrt((2 / 76) * (74 / 76) / 76))  # never 0
+    assert max(standard_error(k, 72) for k in range(73)) <= 0.06  # the quick profile's default n
+    # 0.44 vs 0.50 on 72 examples each is within noise; 0.10 vs 0.50 is not
+    a, b = standard_error(36, 72), standard_error(32, 72)
+    assert difference_noise(a, b) > 0.06
+    r = check_gates({"recall": 0.5, "recall_se": a}, {"recall": 32 / 72, "recall_se": b}, {"recall": 0.0})
+    assert not r[0].passed and r[0].significant is False and "within the noise" in r[0].describe()
+    r = check_gates({"recall": 0.5, "recall_se": a}, {"recall": 0.1, "recall_se": standard_error(7, 72)}, {"recall": 0.0})
+    assert r[0].significant is True and "beyond the noise" in r[0].describe()
 
 
 def test_gates_relative_for_perplexity_absolute_for_accuracy():

@@ -33,7 +33,7 @@ class BitnetSettings(StageSection):
     )
     measure_ptq: bool = Field(True, description="Also evaluate plain post-training ternarization (no training).")
     seed: int = 0
-    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 20.0})
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 20.0, "perplexity_ood": 20.0})
 
     @field_validator("packing")
     @classmethod

@@ -29,7 +29,8 @@ class CognateSettings(StageSection):
     warmup: int = Field(4, ge=0)
     seed: int = 0
     gates: dict[str, float] = Field(
-        default_factory=lambda: {"perplexity": 0.5, "arithmetic": 0.25, "recall": 0.25, "instruction": 0.25}
+        default_factory=lambda: {"perplexity": 0.5, "perplexity_ood": 0.5, "arithmetic": 0.25, "recall": 0.25,
+                                 "instruction": 0.25}
     )
 
     @field_validator("focuses")

@@ -56,7 +56,7 @@ class CompressionSettings(StageSection):
     calibration_tokens: int = Field(4096, ge=0, description="Held-in text tokens for the Hessians (0: no Hessian).")
     calibration_len: int = Field(256, gt=8)
     seed: int = 0
-    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 1.0})
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 1.0, "perplexity_ood": 1.0})
 
     @model_validator(mode="after")
     def _codec_params(self) -> "CompressionSettings":

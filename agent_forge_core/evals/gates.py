@@ -1,14 +1,17 @@
 """Quality gates: the maximum regression a stage may cause, per metric, versus the stage's input.
 
-For lower-is-better metrics (perplexity, *_nll) the limit is relative: output <= input * (1 + limit).
-For accuracies the limit is absolute: output >= input - limit.
+For lower-is-better metrics (perplexity, perplexity_ood, *_nll) the limit is relative: output <= input *
+(1 + limit). For accuracies the limit is absolute: output >= input - limit. A gate compares the two
+point estimates; for accuracies it also says whether the difference is beyond the measurement's noise
+(`suite.difference_noise` of the two standard errors), so "failed by 0.03 with noise ±0.14" reads as what
+it is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import GateFailed
-from .suite import is_lower_better
+from .suite import difference_noise, is_lower_better
 
 
 @dataclass(frozen=True)
@@ -18,13 +21,26 @@ class GateResult:
     after: float
     limit: float
     passed: bool
+    noise: float | None = None  # accuracies: 2 standard errors of the difference
+
+    @property
+    def significant(self) -> bool | None:
+        """Whether after - before is beyond the noise (None where no standard error is known)."""
+        return None if self.noise is None else abs(self.after - self.before) > self.noise
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "before": self.before, "after": self.after, "limit": self.limit,
+                "passed": self.passed, "noise": self.noise, "significant": self.significant}
 
     def describe(self) -> str:
         if is_lower_better(self.metric):
             bound = f"at most {self.before * (1 + self.limit):.4g} (+{self.limit:.0%} of the input's {self.before:.4g})"
         else:
             bound = f"at least {self.before - self.limit:.4g} (input {self.before:.4g} minus {self.limit:.4g})"
-        return f"{self.metric}: {self.after:.4g}, allowed {bound}"
+        noise = "" if self.noise is None else (
+            f"; the change {self.after - self.before:+.3f} is {'beyond' if self.significant else 'within'} the "
+            f"noise of ±{self.noise:.3f}")
+        return f"{self.metric}: {self.after:.4g}, allowed {bound}{noise}"
 
 
 def check_gates(before: dict[str, float], after: dict[str, float], gates: dict[str, float]) -> list[GateResult]:
@@ -34,7 +50,9 @@ def check_gates(before: dict[str, float], after: dict[str, float], gates: dict[s
             continue  # metric not measured in this run (e.g. task disabled in eval.tasks)
         b, a = before[metric], after[metric]
         ok = a <= b * (1 + limit) if is_lower_better(metric) else a >= b - limit
-        results.append(GateResult(metric, b, a, limit, ok))
+        se = f"{metric}_se"
+        noise = difference_noise(before[se], after[se]) if se in before and se in after else None
+        results.append(GateResult(metric, b, a, limit, ok, noise))
     return results
 
 

@@ -1,10 +1,15 @@
 """The eval suite run on every stage's output.
 
 Metrics (all on the held-out split unless asked otherwise):
-- `perplexity`: exp(mean token NLL) over the first `ppl_tokens` tokens of held-out natural text, scored
-  in non-overlapping windows of `ppl_window` tokens (each window starts without context, so this is an
-  upper bound on the sliding-window perplexity; the same for every model, which is what gates compare).
-- `<task>`: accuracy of greedy decoding with `shots` in-context examples, checked by the task's checker.
+- `perplexity`: exp(mean token NLL) over the first `ppl_tokens` tokens of held-out in-domain text (pydoc
+  topics), scored in non-overlapping windows of `ppl_window` tokens (each window starts without context,
+  so this is an upper bound on the sliding-window perplexity; the same for every model, which is what
+  gates compare). `perplexity_ood`: the same on out-of-domain English (`text.ood_text`).
+- `<task>`: accuracy of greedy decoding with `shots` in-context examples, checked by the task's checker,
+  on the split's own phrasing families (`tasks.py`).
+- `<task>_se`: its standard error, Agresti-Coull: with x correct of n, p~ = (x + 2) / (n + 4) and
+  se = sqrt(p~ (1 - p~) / (n + 4)) (never 0 at 0/n or n/n, unlike the plain binomial sqrt(p(1-p)/n)).
+  Two accuracies on n examples differ beyond noise when |a - b| > 2 sqrt(se_a^2 + se_b^2) (~95%).
 - `<task>_nll`: mean per-token NLL of the reference target given the prompt (teacher forcing); a
   continuous signal that moves before accuracy does.
 """
@@ -16,14 +21,26 @@ from typing import Callable
 import torch
 
 from .settings import EvalSettings
-from .tasks import get_task, with_shots
-from .text import natural_text
+from .tasks import SPLITS, get_task, with_shots
+from .text import natural_text, ood_text
 
-LOWER_IS_BETTER = {"perplexity"}
+# metric -> (text of a split, the splits it has); the out-of-domain text has no train part
+PERPLEXITY_TEXTS = {"perplexity": (natural_text, SPLITS), "perplexity_ood": (ood_text, ("validation", "test"))}
 
 
 def is_lower_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER or metric.endswith("_nll")
+    return metric in PERPLEXITY_TEXTS or metric.endswith("_nll")
+
+
+def standard_error(correct: int, n: int) -> float:
+    """Agresti-Coull standard error of an accuracy of `correct` out of `n`."""
+    p = (correct + 2) / (n + 4)
+    return math.sqrt(p * (1 - p) / (n + 4))
+
+
+def difference_noise(se_a: float, se_b: float) -> float:
+    """Two standard errors of a difference of two accuracies (~95%): below it, a difference is noise."""
+    return 2 * math.sqrt(se_a**2 + se_b**2)
 
 
 @torch.no_grad()
@@ -125,17 +142,22 @@ def evaluate(
 ) -> dict[str, float]:
     model.eval()
     metrics: dict[str, float] = {}
-    steps = 1 + len(cfg.tasks)
-    if progress:
-        progress(0.0, "eval: perplexity")
-    metrics["perplexity"] = perplexity(model, tokenizer, natural_text(split), cfg.ppl_tokens, cfg.ppl_window)
-    for k, name in enumerate(cfg.tasks, 1):
+    steps = len(PERPLEXITY_TEXTS) + len(cfg.tasks)
+    for k, (name, (text, splits)) in enumerate(PERPLEXITY_TEXTS.items()):
+        if split not in splits:
+            continue
+        if progress:
+            progress(k / steps, f"eval: {name}")
+        metrics[name] = perplexity(model, tokenizer, text(split), cfg.ppl_tokens, cfg.ppl_window)
+    for k, name in enumerate(cfg.tasks, len(PERPLEXITY_TEXTS)):
         if progress:
             progress(k / steps, f"eval: {name}")
         task = get_task(name, cfg.data)
         items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
         completions = greedy_complete(model, tokenizer, [p for p, _ in items], cfg.max_new_tokens, cfg.batch_size)
-        metrics[name] = sum(task.check(c, ex) for c, (_, ex) in zip(completions, items)) / len(items)
+        correct = sum(task.check(c, ex) for c, (_, ex) in zip(completions, items))
+        metrics[name] = correct / len(items)
+        metrics[f"{name}_se"] = standard_error(correct, len(items))
         metrics[f"{name}_nll"] = target_nll(model, tokenizer, [(p, ex.target) for p, ex in items], cfg.batch_size)
     if progress:
         progress(1.0, "eval: done")

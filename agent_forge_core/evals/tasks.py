@@ -1,8 +1,15 @@
-"""Verifiable task generators with fixed seeds and disjoint train/validation/test splits.
+"""Verifiable task generators in phrasing families, with seeded, family-disjoint splits.
 
-Every example is produced by a seeded stream and assigned to a split by a hash of its prompt
-(80/10/10), so the splits can never share a prompt, whatever sizes are asked for. Each task knows how
-to check a completion, so accuracy needs no judge model.
+Each task draws a problem (numbers, words) and renders it with one of its *families*: ways of saying the
+same kind of problem with other entities, verbs, sentence orders or record formats. Every family belongs
+to exactly one split, so the validation and test splits ask in wordings that training never saw: a gain
+there means the skill transferred, not the template. The target and answer format is the same in every
+family (arithmetic: worked steps, then `Answer: N`; recall: the number; instruction: the exact output),
+so each task's checker stays exact and needs no judge model.
+
+Splits: train draws from the train families, validation and test each from their own; within a split a
+seeded stream (`<task>:<split>:<seed>`) picks the family, then the problem, and repeated prompts are
+skipped. `EVAL_VERSION` is part of every checkpoint key: bump it whenever a generator changes.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+EVAL_VERSION = 2  # 2: phrasing families with family-disjoint splits, out-of-domain perplexity, standard errors
 SPLITS = ("train", "validation", "test")
 TASK_NAMES = ("arithmetic", "recall", "instruction")
 
@@ -23,81 +31,265 @@ class Example:
     prompt: str
     target: str  # the full completion a trained model should produce (worked steps included)
     answer: str  # what `check` compares against
+    family: str = ""
 
 
 def split_of(text: str) -> str:
+    """80/10/10 by a hash: for user JSONL rows without a split, and for the perplexity texts."""
     b = hashlib.sha256(text.encode()).digest()[0] % 10
     return "train" if b < 8 else ("validation" if b == 8 else "test")
 
 
+def plural(k: int, one: str, many: str) -> str:
+    return f"{k} {one if k == 1 else many}"
+
+
 _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kira", "Leo", "Mia", "Nour"]
 _ITEMS = ["apples", "marbles", "stamps", "coins", "books", "shells", "cards", "pencils", "stickers", "beads"]
+_GOODS = ["loaves", "jars", "candles", "lamps", "baskets", "kites", "mugs", "scarves"]
 _WORDS = [
     "cat", "sun", "box", "pen", "map", "cup", "key", "owl", "fig", "jar", "hat", "ink", "oak", "rug", "van",
     "web", "yak", "zip", "bee", "cow", "dog", "egg", "fan", "gem", "hen", "ice", "jam", "kit", "lid", "mud",
 ]
 
 
-def _arithmetic(rng: random.Random) -> Example:
-    """Two or three step word problem; target shows each step, then `Answer: N`."""
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+# --- arithmetic ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Program:
+    start: int
+    ops: tuple[tuple[str, int], ...]  # ("add" | "sub" | "mul", k)
+
+
+def _program(rng: random.Random) -> Program:
+    """Two or three steps from a start in 2..20; subtraction keeps the count positive, multiplication (by 2
+    or 3) only while the count is at most 30."""
     value = rng.randint(2, 20)
-    text = [f"{name} has {value} {item}."]
-    steps = []
-    for i in range(rng.randint(2, 3)):
+    start, ops = value, []
+    for _ in range(rng.randint(2, 3)):
         op = rng.choice(["add", "sub", "mul"] if value <= 30 else ["add", "sub"])
         if op == "add":
             k = rng.randint(2, 15)
-            text.append(f"Then {k} more are added.")
-            steps.append(f"{value} + {k} = {value + k}.")
             value += k
         elif op == "sub":
             k = rng.randint(1, max(1, value - 1))
-            text.append(f"Then {k} are given away.")
-            steps.append(f"{value} - {k} = {value - k}.")
             value -= k
         else:
             k = rng.choice([2, 3])
-            text.append(f"Then the number of {item} is multiplied by {k}.")
-            steps.append(f"{value} * {k} = {value * k}.")
             value *= k
-    prompt = " ".join(text) + f" How many {item} are there now?"
-    return Example(prompt, " " + " ".join(steps) + f" Answer: {value}", str(value))
+        ops.append((op, k))
+    return Program(start, tuple(ops))
 
 
-def _recall(rng: random.Random) -> Example:
-    """In-context key-value recall: a list of word=number records, then a query for one key."""
-    keys = rng.sample(_WORDS, rng.randint(4, 6))
-    vals = [rng.randint(10, 99) for _ in keys]
-    q = rng.randrange(len(keys))
-    records = "; ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    return Example(f"Records: {records}. What is the value of {keys[q]}?", f" {vals[q]}", str(vals[q]))
+def _worked(p: Program) -> tuple[str, int]:
+    """The target: each step as `a op k = b.`, then `Answer: N`."""
+    value, steps = p.start, []
+    for op, k in p.ops:
+        new = value + k if op == "add" else value - k if op == "sub" else value * k
+        steps.append(f"{value} {'+' if op == 'add' else '-' if op == 'sub' else '*'} {k} = {new}.")
+        value = new
+    return " " + " ".join(steps) + f" Answer: {value}", value
 
 
-def _instruction(rng: random.Random) -> Example:
-    """Short instructions whose output format is checkable exactly."""
-    kind = rng.randrange(4)
-    if kind == 0:
-        ws = rng.sample(_WORDS, rng.randint(1, 2))
-        out = "[" + " ".join(w.upper() for w in ws) + "]"
-        prompt = f"Write {' and '.join(ws)} in uppercase inside square brackets."
-    elif kind == 1:
-        a = rng.randint(1, 60)
-        b = a + rng.randint(2, 5)
-        sep, sep_name = rng.choice([(",", "commas"), (";", "semicolons"), ("-", "dashes")])
-        out = sep.join(str(i) for i in range(a, b + 1))
-        prompt = f"List the numbers from {a} to {b}, separated by {sep_name}."
-    elif kind == 2:
-        w, k = rng.choice(_WORDS), rng.randint(2, 4)
-        sep, sep_name = rng.choice([(" ", "spaces"), (",", "commas")])
-        out = sep.join([w] * k)
-        prompt = f"Repeat the word {w} {k} times, separated by {sep_name}."
-    else:
-        ws = rng.sample(_WORDS, 3)
-        out = ",".join(reversed(ws))
-        prompt = f"Write {', '.join(ws)} in reverse order, separated by commas."
-    return Example(prompt, " " + out, out)
+def _times(k: int, double: str, triple: str) -> str:
+    return double if k == 2 else triple
 
+
+def _a_items(rng, p):
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    say = {"add": lambda k: f"Then {k} more are added.", "sub": lambda k: f"Then {k} are given away.",
+           "mul": lambda k: f"Then the number of {item} is multiplied by {k}."}
+    return " ".join([f"{name} has {p.start} {item}.", *(say[o](k) for o, k in p.ops), f"How many {item} are there now?"])
+
+
+def _a_shop(rng, p):
+    good = rng.choice(_GOODS)
+    say = {"add": lambda k: f"A delivery brings {k} more.", "sub": lambda k: f"It sells {k}.",
+           "mul": lambda k: f"Then its stock {_times(k, 'doubles', 'triples')}."}
+    return " ".join([f"A shop has {p.start} {good} in stock.", *(say[o](k) for o, k in p.ops),
+                     f"How many {good} does the shop have now?"])
+
+
+def _a_question_first(rng, p):
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    say = {"add": lambda k: f"gets {k} more", "sub": lambda k: f"loses {k}", "mul": lambda k: f"ends up with {k} times as many"}
+    return f"How many {item} does {name} end up with? {name} starts with {p.start}, " + \
+        ", then ".join(say[o](k) for o, k in p.ops) + "."
+
+
+def _a_log(rng, p):
+    item = rng.choice(_ITEMS)
+    say = {"add": lambda k: f"plus {k}", "sub": lambda k: f"minus {k}", "mul": lambda k: f"times {k}"}
+    return f"Count log for the {item} box: start {p.start}; " + "; ".join(say[o](k) for o, k in p.ops) + \
+        ". What is the final count?"
+
+
+def _a_game(rng, p):
+    name = rng.choice(_NAMES)
+    say = {"add": lambda k: f"{name} wins {plural(k, 'bonus point', 'bonus points')}.",
+           "sub": lambda k: f"{name} loses {plural(k, 'point', 'points')}.",
+           "mul": lambda k: f"The score is then {_times(k, 'doubled', 'tripled')}."}
+    return " ".join([f"{name} has {p.start} points in a game.", *(say[o](k) for o, k in p.ops),
+                     f"How many points does {name} have now?"])
+
+
+def _a_tank(rng, p):
+    say = {"add": lambda k: f"{plural(k, 'liter is', 'liters are')} poured in.",
+           "sub": lambda k: f"{plural(k, 'liter drains', 'liters drain')} out.",
+           "mul": lambda k: f"Then the amount of water {_times(k, 'doubles', 'triples')}."}
+    return " ".join([f"A tank holds {p.start} liters of water.", *(say[o](k) for o, k in p.ops),
+                     "How many liters are in the tank now?"])
+
+
+def _a_bank(rng, p):
+    name = rng.choice(_NAMES)
+    say = {"add": lambda k: f"{name} deposits {plural(k, 'dollar', 'dollars')}.",
+           "sub": lambda k: f"{name} withdraws {plural(k, 'dollar', 'dollars')}.",
+           "mul": lambda k: f"Later the balance is multiplied by {k}."}
+    return " ".join([f"{name}'s account holds {p.start} dollars.", *(say[o](k) for o, k in p.ops),
+                     "How many dollars are in the account?"])
+
+
+def _a_bus(rng, p):
+    say = {"add": lambda k: f"At a stop, {plural(k, 'person gets', 'people get')} on.",
+           "sub": lambda k: f"At the next stop, {plural(k, 'person gets', 'people get')} off.",
+           "mul": lambda k: f"Then there are {k} times as many passengers."}
+    return " ".join([f"A bus leaves the depot with {p.start} passengers.", *(say[o](k) for o, k in p.ops),
+                     "How many passengers are on the bus now?"])
+
+
+def _arithmetic_family(render) -> Callable[[random.Random], Example]:
+    def make(rng: random.Random) -> Example:
+        p = _program(rng)
+        target, value = _worked(p)
+        return Example(render(rng, p), target, str(value))
+
+    return make
+
+
+# --- recall ----------------------------------------------------------------------------------------------
+
+def _recall_family(render) -> Callable[[random.Random], Example]:
+    """In-context key-value recall: 4-6 records, then a query for one key; the target is its value."""
+
+    def make(rng: random.Random) -> Example:
+        keys = rng.sample(_WORDS, rng.randint(4, 6))
+        vals = [rng.randint(10, 99) for _ in keys]
+        q = rng.randrange(len(keys))
+        return Example(render(list(zip(keys, vals)), keys[q]), f" {vals[q]}", str(vals[q]))
+
+    return make
+
+
+def _r_records(kv, q):
+    return f"Records: {'; '.join(f'{k}={v}' for k, v in kv)}. What is the value of {q}?"
+
+
+def _r_colon(kv, q):
+    return f"Inventory: {', '.join(f'{k}: {v}' for k, v in kv)}. What number is listed for {q}?"
+
+
+def _r_sentences(kv, q):
+    return " ".join(f"The {k} is number {v}." for k, v in kv) + f" Which number is the {q}?"
+
+
+def _r_query_first(kv, q):
+    return f"What is the value of {q}? Records: {'; '.join(f'{k}={v}' for k, v in kv)}."
+
+
+def _r_json(kv, q):
+    return f"Data: {json.dumps(dict(kv))}. What value is stored under \"{q}\"?"
+
+
+def _r_lockers(kv, q):
+    return f"Locker assignments: {', '.join(f'{k} -> {v}' for k, v in kv)}. Which locker does {q} have?"
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _r_prices(kv, q):
+    return f"Price list: {', '.join(f'{_a(k)} costs {v} coins' for k, v in kv)}. How many coins does {_a(q)} cost?"
+
+
+def _r_table(kv, q):
+    return f"Table rows: {' | '.join(f'{k} {v}' for k, v in kv)} | Look up the number for {q}."
+
+
+# --- instruction -----------------------------------------------------------------------------------------
+
+_SEPS = [(",", "commas", "comma"), (";", "semicolons", "semicolon"), ("-", "dashes", "dash")]
+_REPEAT_SEPS = [(" ", "spaces", "space"), (",", "commas", "comma")]
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """One family's wording of the four instruction kinds (placeholders filled by `_instruction_family`)."""
+
+    upper: str  # {words}
+    count: str  # {a} {b} {seps} {sep}
+    repeat: str  # {w} {k} {seps} {sep}
+    reverse: str  # {w1} {w2} {w3}
+
+
+def _instruction_family(ph: Phrasing) -> Callable[[random.Random], Example]:
+    """Short instructions whose output is checkable exactly: uppercase words in brackets, a counted range
+    with a separator, a repeated word, three words reversed."""
+
+    def make(rng: random.Random) -> Example:
+        kind = rng.randrange(4)
+        if kind == 0:
+            ws = rng.sample(_WORDS, rng.randint(1, 2))
+            out, prompt = "[" + " ".join(w.upper() for w in ws) + "]", ph.upper.format(words=" and ".join(ws))
+        elif kind == 1:
+            a = rng.randint(1, 60)
+            b = a + rng.randint(2, 5)
+            sep, seps, one = rng.choice(_SEPS)
+            out, prompt = sep.join(str(i) for i in range(a, b + 1)), ph.count.format(a=a, b=b, seps=seps, sep=one)
+        elif kind == 2:
+            w, k = rng.choice(_WORDS), rng.randint(2, 4)
+            sep, seps, one = rng.choice(_REPEAT_SEPS)
+            out, prompt = sep.join([w] * k), ph.repeat.format(w=w, k=k, seps=seps, sep=one)
+        else:
+            ws = rng.sample(_WORDS, 3)
+            out, prompt = ",".join(reversed(ws)), ph.reverse.format(w1=ws[0], w2=ws[1], w3=ws[2])
+        return Example(prompt, " " + out, out)
+
+    return make
+
+
+_IMPERATIVE = Phrasing(
+    "Write {words} in uppercase inside square brackets.", "List the numbers from {a} to {b}, separated by {seps}.",
+    "Repeat the word {w} {k} times, separated by {seps}.", "Write {w1}, {w2}, {w3} in reverse order, separated by commas.")
+_POLITE = Phrasing(
+    "Please write {words} in capital letters inside square brackets.",
+    "Please list the whole numbers from {a} through {b}, with {seps} between them.",
+    "Please write the word {w} {k} times with {seps} between the copies.",
+    "Please write {w1}, {w2}, {w3} backwards in order, last one first, with commas between them.")
+_TERSE = Phrasing(
+    "Uppercase, in square brackets: {words}.", "Numbers {a} to {b}, {sep}-separated.",
+    "The word {w}, {k} times, {sep}-separated.", "Reverse the order of {w1}, {w2}, {w3}; comma-separated.")
+_QUESTION = Phrasing(
+    "Can you write {words} in uppercase between square brackets?",
+    "Could you count from {a} to {b}, putting {seps} between the numbers?",
+    "Can you say {w} {k} times, using {seps} in between?",
+    "Can you give {w1}, {w2}, {w3} in reverse order, separated by commas?")
+_SPEC = Phrasing(
+    "Output {words} in uppercase, wrapped in square brackets.", "Output every integer from {a} to {b} inclusive, joined by {seps}.",
+    "Output the word {w} repeated {k} times, joined by {seps}.", "Output {w1}, {w2}, {w3} from last to first, joined by commas.")
+_TASK = Phrasing(
+    "Task: convert {words} to upper case and wrap the result in square brackets.",
+    "Task: count from {a} up to {b} and separate the numbers with {seps}.",
+    "Task: repeat {w} {k} times, separating the copies with {seps}.",
+    "Task: reverse the list {w1}, {w2}, {w3} and separate the items with commas.")
+_REQUEST = Phrasing(
+    "I need {words} in capitals, enclosed in square brackets.", "I need the numbers {a} to {b}, separated by {seps}.",
+    "I need the word {w} written {k} times, separated by {seps}.",
+    "I need {w1}, {w2}, {w3} in the opposite order, separated by commas.")
+
+
+# --- checkers ----------------------------------------------------------------------------------------------
 
 def first_line(completion: str) -> str:
     return completion.split("\n", 1)[0].strip()
@@ -117,12 +309,24 @@ def _check_exact(completion: str, ex: Example) -> bool:
     return first_line(completion) == ex.answer
 
 
+# --- tasks -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    split: str
+    make: Callable[[random.Random], Example]
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
-    make: Callable[[random.Random], Example] | None
+    families: tuple[Family, ...]
     check: Callable[[str, Example], bool]
-    jsonl: str | None = None  # user data replaces the generator
+    jsonl: str | None = None  # user data replaces the generators
+
+    def families_of(self, split: str) -> list[Family]:
+        return [f for f in self.families if f.split == split]
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in SPLITS:
@@ -132,27 +336,29 @@ class Task:
             if not rows:
                 raise ValueError(f"{self.jsonl}: no rows for split {split!r}; add a 'split' field or more rows")
             return rows[:n]
-        return list(_take(self._stream(seed), split, n))
+        return list(_take(self._stream(split, seed), n))
 
-    def _stream(self, seed: int) -> Iterator[Example]:
-        rng = random.Random(f"{self.name}:{seed}")
+    def _stream(self, split: str, seed: int) -> Iterator[Example]:
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        families = self.families_of(split)
         while True:
-            yield self.make(rng)
+            fam = rng.choice(families)
+            ex = fam.make(rng)
+            yield Example(ex.prompt, ex.target, ex.answer, fam.name)
 
 
-def _take(stream: Iterator[Example], split: str, n: int) -> Iterator[Example]:
+def _take(stream: Iterator[Example], n: int) -> Iterator[Example]:
     seen: set[str] = set()
-    count, tries = 0, 0
+    tries = 0
     for ex in stream:
         tries += 1
         if tries > 200 * n + 10_000:
-            raise RuntimeError(f"could not generate {n} distinct {split} examples")
-        if ex.prompt in seen or split_of(ex.prompt) != split:
+            raise RuntimeError(f"could not generate {n} distinct examples")
+        if ex.prompt in seen:
             continue
         seen.add(ex.prompt)
         yield ex
-        count += 1
-        if count == n:
+        if len(seen) == n:
             return
 
 
@@ -176,14 +382,30 @@ def _read_jsonl(path: str, task: str) -> list[tuple[str, Example]]:
         split = row.get("split") or split_of(prompt)
         if split not in SPLITS:
             raise ValueError(f"{path}:{i}: split must be one of {SPLITS}, got {split!r}")
-        out.append((split, Example(prompt, target, answer)))
+        out.append((split, Example(prompt, target, answer, "jsonl")))
     return out
 
 
+def _families(kind: Callable, table: list[tuple[str, str, object]]) -> tuple[Family, ...]:
+    return tuple(Family(name, split, kind(render)) for name, split, render in table)
+
+
 BUILTIN = {
-    "arithmetic": Task("arithmetic", _arithmetic, _check_arithmetic),
-    "recall": Task("recall", _recall, _check_first_int),
-    "instruction": Task("instruction", _instruction, _check_exact),
+    "arithmetic": Task("arithmetic", _families(_arithmetic_family, [
+        ("items", "train", _a_items), ("shop", "train", _a_shop), ("question_first", "train", _a_question_first),
+        ("log", "train", _a_log), ("game", "validation", _a_game), ("tank", "validation", _a_tank),
+        ("bank", "test", _a_bank), ("bus", "test", _a_bus),
+    ]), _check_arithmetic),
+    "recall": Task("recall", _families(_recall_family, [
+        ("records", "train", _r_records), ("colon", "train", _r_colon), ("sentences", "train", _r_sentences),
+        ("query_first", "train", _r_query_first), ("json", "validation", _r_json), ("lockers", "validation", _r_lockers),
+        ("prices", "test", _r_prices), ("table", "test", _r_table),
+    ]), _check_first_int),
+    "instruction": Task("instruction", _families(_instruction_family, [
+        ("imperative", "train", _IMPERATIVE), ("polite", "train", _POLITE), ("terse", "train", _TERSE),
+        ("question", "validation", _QUESTION), ("spec", "validation", _SPEC),
+        ("task", "test", _TASK), ("request", "test", _REQUEST),
+    ]), _check_exact),
 }
 
 
@@ -193,7 +415,7 @@ def get_task(name: str, data: dict[str, str] | None = None) -> Task:
         raise ValueError(f"unknown task {name!r}; allowed: {list(BUILTIN)}")
     if data and name in data:
         base = BUILTIN[name]
-        return Task(name, None, base.check if name == "arithmetic" else _check_exact, jsonl=data[name])
+        return Task(name, (), base.check if name == "arithmetic" else _check_exact, jsonl=data[name])
     return BUILTIN[name]
 
 
@@ -204,7 +426,7 @@ def few_shot_prompt(ex: Example, shots: list[Example]) -> str:
 
 
 def with_shots(task: Task, split: str, n: int, shots: int, seed: int) -> list[tuple[str, Example]]:
-    """(prompt, example) pairs; in-context examples always come from the train split."""
+    """(prompt, example) pairs; in-context examples always come from the train split (train families)."""
     items = task.examples(split, n, seed)
     pool = task.examples("train", max(64, shots * 8), seed + 1) if shots else []
     rng = random.Random(f"shots:{task.name}:{split}:{seed}")

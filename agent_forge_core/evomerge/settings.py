@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
+from ..evals.suite import PERPLEXITY_TEXTS
 from ..evals.tasks import TASK_NAMES
 from ..settings_base import FanoutRuntime, Section, StageSection
 from .genome import SEARCHABLE
@@ -33,12 +34,13 @@ class EvoMergeSettings(StageSection):
     sigma: float = Field(0.25, gt=0, le=1, description="Initial CMA-ES step size in the unit cube of genes.")
     seed: int = 0
     fitness: dict[str, float] = Field(
-        default_factory=lambda: {"arithmetic": 1.0, "recall": 1.0, "instruction": 1.0, "perplexity": 1.0,
-                                 "arithmetic_nll": 0.25, "recall_nll": 0.25, "instruction_nll": 0.25},
+        default_factory=lambda: {"arithmetic": 1.0, "recall": 1.0, "instruction": 1.0, "perplexity": 0.5,
+                                 "perplexity_ood": 0.5, "arithmetic_nll": 0.25, "recall_nll": 0.25,
+                                 "instruction_nll": 0.25},
         description="Combined score = sum of weight * term; term = accuracy, -ln(perplexity) or -NLL.",
     )
     candidate_eval: CandidateEvalSettings = Field(default_factory=CandidateEvalSettings)
-    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 0.5})
+    gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 0.5, "perplexity_ood": 0.5})
     runtime: FanoutRuntime = Field(default_factory=FanoutRuntime, description="Where candidates run (not part of the key).")
 
     @field_validator("methods")
@@ -58,7 +60,7 @@ class EvoMergeSettings(StageSection):
 
     @model_validator(mode="after")
     def _fitness_metrics(self) -> "EvoMergeSettings":
-        known = set(TASK_NAMES) | {f"{t}_nll" for t in TASK_NAMES} | {"perplexity"}
+        known = set(TASK_NAMES) | {f"{t}_nll" for t in TASK_NAMES} | set(PERPLEXITY_TEXTS)
         bad = [m for m in self.fitness if m not in known]
         if bad or not self.fitness:
             raise ValueError(f"fitness names unknown metrics {bad}; allowed: {sorted(known)}")

@@ -4,7 +4,8 @@ Keys are content-derived (`keys.checkpoint_key`) from the stage, its parents' ke
 the output and the code version, so the whole chain's keys are known before any work: computed once per
 run, here, and passed down to the tasks and the runner.
 
-    config_hash = sha256(canonical JSON of {stage: section identity, eval: eval settings, model: model settings})
+    config_hash = sha256(canonical JSON of {stage: section identity, eval: eval settings, model: model settings,
+                                            eval_version: the task generators' version})
     code_version = <package version>+<stage>.v<StageSpec.version>
 
 The identity of a section leaves out its `runtime` part, so where and how a stage runs never changes a
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..errors import ConfigError
+from ..evals.tasks import EVAL_VERSION
 from ..keys import checkpoint_key, config_hash
 from .contract import StageSpec
 from .registry import get_stage, pipeline
@@ -23,7 +25,8 @@ from .registry import get_stage, pipeline
 
 def stage_config_hash(spec: StageSpec, settings) -> str:
     """Hash of everything in the config that shapes the stage's output or its manifest's metrics."""
-    return config_hash({"stage": settings.section(spec.name), "eval": settings.eval, "model": settings.model})
+    return config_hash({"stage": settings.section(spec.name), "eval": settings.eval, "model": settings.model,
+                        "eval_version": EVAL_VERSION})
 
 
 def code_version(spec: StageSpec) -> str:

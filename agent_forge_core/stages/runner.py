@@ -38,7 +38,7 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             manifest = Manifest(
                 key=key, stage=spec.name, parents=list(inputs), config_hash=ch, code_version=cv, metrics=metrics,
                 info={**built.info, "variant": built.variant, "compared_to": built.parent,
-                      "gates": [g.__dict__ for g in gates]},
+                      "gates": [g.as_dict() for g in gates]},
             )
             ctx.store.put(key, built.folder, manifest)
             shutil.rmtree(built.folder, ignore_errors=True)
