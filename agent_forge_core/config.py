@@ -16,12 +16,13 @@ import contextvars
 import json
 import keyword
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .evals.settings import EvalSettings
@@ -209,6 +210,45 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def secret_settings() -> list[tuple[str, str]]:
+    """(section, field) of every credential setting (a SecretStr field): never a flow parameter."""
+    out = []
+    for name, f in settings_class().model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += [(f.alias or name, sub) for sub, sf in ann.model_fields.items() if "SecretStr" in str(sf.annotation)]
+    return out
+
+
+def secret_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """{"store.secret": value, ...}: the credentials that `--set` overrides carry, at any nesting
+    (`store.secret=x`, `store..secret=x`, `store={secret: x}`)."""
+    parsed = parse_overrides(overrides)
+    found = {}
+    for section, field in secret_settings():
+        node = parsed.get(section)
+        if isinstance(node, dict) and field in node and node[field] not in (None, ""):
+            found[f"{section}.{field}"] = str(node[field])
+    return found
+
+
+def without_secrets(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides minus every one that sets a credential (they go to the environment instead)."""
+    return [o for o in overrides if not secret_overrides([o])]
+
+
+SAFE_CREDENTIALS = ("give credentials to the worker's environment (AF_STORE__KEY/AF_STORE__SECRET or "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a Prefect Secret block named by "
+                    "store.credentials_block")
+
+
+def refuse_secret_overrides(overrides: list[str] | tuple[str, ...], where: str) -> None:
+    found = secret_overrides(overrides)
+    if found:
+        raise ConfigError(f"{', '.join(sorted(found))}: a credential must not be {where} (parameters are stored in "
+                          f"Prefect's database and shown in the UI); {SAFE_CREDENTIALS}")
+
+
 def read_yaml(path: str | os.PathLike | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -263,6 +303,17 @@ def _format_validation_error(err: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def _format_settings_error(err: SettingsError) -> str:
+    """pydantic-settings could not parse an environment value (a section or list given as plain text)."""
+    m = re.search(r'field "([^"]+)" from source "(\w+)"', str(err))
+    field, source = (m.group(1), m.group(2)) if m else ("?", "?")
+    where = {"EnvSettingsSource": "the environment", "DotEnvSettingsSource": ".env"}.get(source, source)
+    names = sorted(k for k in os.environ if k.upper() == f"AF_{field}".upper() or k.upper().startswith(f"AF_{field}__".upper()))
+    return (f"{where}: the value of {', '.join(names) or 'AF_' + field.upper()} is not valid for section {field!r}: a "
+            "section or a list given as one variable must be JSON (e.g. AF_EVAL__TASKS='[\"arithmetic\"]'); or set "
+            f"one key per variable (e.g. AF_{field.upper()}__<KEY>=value)")
+
+
 def load_settings(
     config_path: str | os.PathLike | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -282,5 +333,7 @@ def load_settings(
         return settings_class()(**{**cli, "profile": chosen})
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e)) from None
+    except SettingsError as e:
+        raise ConfigError(_format_settings_error(e)) from None
     finally:
         _LAYERS.reset(token)

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 from .fanout import FanoutFactory
 from .model_io import resolve_device
+from .scratch import scratch_dir
 from .stages.contract import Progress, StageContext, no_progress
 from .store import CheckpointStore
 
 
 def make_context(settings, log=None, progress: Progress | None = None, fanout: FanoutFactory | None = None) -> StageContext:
-    work = Path(settings.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    work = scratch_dir(settings.work_dir)
     return StageContext(
         settings=settings,
         store=CheckpointStore.from_settings(settings.store),

@@ -28,3 +28,7 @@ class GateFailed(ForgeError):
 
 class TransientError(ForgeError):
     """A failure worth retrying (network, object store)."""
+
+
+class InvalidKey(ForgeError, ValueError):
+    """A checkpoint key that is not a key (a path, `..`, an empty name)."""

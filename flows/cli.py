@@ -34,15 +34,27 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_run(args) -> int:
+    from agent_forge_core.config import secret_overrides, without_secrets
     from agent_forge_core.stages.plan import plan
 
     # A bad config fails here in a second, before Prefect's server starts; the flow checks again because
     # deployment runs (UI, schedule, API) reach it without this CLI.
     plan(_settings(args))
+    # Credentials given with --set go to this process's environment, where the settings read them, never
+    # into the flow run's parameters (Prefect stores those in its database).
+    for path, value in secret_overrides(args.overrides).items():
+        os.environ["AF_" + path.upper().replace(".", "__")] = value
+    overrides = without_secrets(args.overrides)
+    from flows.ephemeral import reap_orphaned_servers, stop_on_sigterm
+
+    if not os.environ.get("PREFECT_API_URL"):
+        for pid in reap_orphaned_servers(os.environ.get("PREFECT_HOME")):
+            print(f"stopped the ephemeral Prefect server (pid {pid}) a killed run left behind", file=sys.stderr)
+    stop_on_sigterm()
     from flows.forge import forge
 
     t0 = time.time()
-    out = forge(config=args.config, profile=args.profile, overrides=args.overrides)
+    out = forge(config=args.config, profile=args.profile, overrides=overrides)
     print()
     _print_table(out["rows"])
     print(f"\nfinal checkpoints: {', '.join(out['finals'])}")
@@ -74,10 +86,26 @@ def _store(args):
 
 
 def cmd_inspect(args) -> int:
+    from agent_forge_core.errors import CheckpointCorrupted
+
     store = _store(args)
+    if args.verify:
+        bad = 0
+        for k in [args.key] if args.key else store.list():
+            problems = store.verify(k, digests=True)
+            bad += bool(problems)
+            print(f"{k:<48} {'ok' if not problems else 'DAMAGED: ' + '; '.join(problems)}")
+        if bad:
+            print(f"{bad} damaged checkpoint(s): delete them (or rerun: a run rebuilds what fails to verify)",
+                  file=sys.stderr)
+        return 1 if bad else 0
     if args.list or not args.key:
         for k in store.list():
-            m = store.manifest(k)
+            try:
+                m = store.manifest(k)
+            except CheckpointCorrupted as e:
+                print(f"{k:<48} BAD MANIFEST: {e}")
+                continue
             print(f"{k:<48} {m.stage:<10} parents={','.join(m.parents) or '-'}")
         return 0
     m = store.manifest(args.key)
@@ -101,11 +129,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if os.path.exists(args.dir) and (not os.path.isdir(args.dir) or os.listdir(args.dir)):
+        what = "is a file" if not os.path.isdir(args.dir) else "exists and is not empty"
+        print(f"error: export folder {args.dir} {what}; choose an empty or new folder", file=sys.stderr)
+        return 2
     store = _store(args)
     src = store.get(args.key)
-    if os.path.exists(args.dir) and os.listdir(args.dir):
-        print(f"error: {args.dir} exists and is not empty; choose an empty or new folder", file=sys.stderr)
-        return 2
     from agent_forge_core.model_io import export_hf
 
     note = export_hf(src, args.dir)
@@ -173,9 +202,10 @@ def cmd_trigger(args) -> int:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from flows.deploy import api_url, check_overrides, ui_url
+    from agent_forge_core.config import refuse_secret_overrides
+    from flows.deploy import api_url, ui_url
 
-    check_overrides(args.overrides)
+    refuse_secret_overrides(args.overrides, "a deployment run's parameter")
     api_url()
     if args.config is not None or args.overrides or args.profile:
         _settings(args)  # a bad override fails here, not on the worker
@@ -231,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("inspect", help="manifest, metrics and lineage of a checkpoint"))
     sp.add_argument("key", nargs="?")
     sp.add_argument("--list", action="store_true")
+    sp.add_argument("--verify", action="store_true", help="check every file's size and sha256 (one KEY, or all)")
     sp.set_defaults(fn=cmd_inspect)
     sp = with_config(sub.add_parser("eval", help="run the eval suite on a checkpoint"))
     sp.add_argument("key")

@@ -22,7 +22,6 @@ from agent_forge_core.errors import ConfigError
 # package lives in site-packages, so images set AF_REPO_DIR.
 REPO_DIR = Path(os.environ.get("AF_REPO_DIR") or Path(__file__).resolve().parents[1])
 DEPLOYMENTS_DIR = REPO_DIR / "deployments"
-SECRET_KEYS = ("store.key", "store.secret")
 
 
 def read_spec(name: str) -> dict[str, Any]:
@@ -115,7 +114,7 @@ def register(client, cfg: DeploySettings) -> list[Registered]:
             flow_id=flow_id, name=d["name"], entrypoint=d["entrypoint"], description=d.get("description"),
             work_pool_name=d["work_pool"]["name"], job_variables=d["work_pool"].get("job_variables") or {},
             parameters=d.get("parameters") or {}, tags=d.get("tags") or [],
-            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+            parameter_openapi_schema=guard_parameters(parameter_schema(flow.fn).model_dump_for_openapi()),
             enforce_parameter_schema=True, pull_steps=spec["pull"], schedules=schedules,
         )
         out.append(Registered(f"{flow.name}/{d['name']}", dep_id, d["work_pool"]["name"],
@@ -123,13 +122,37 @@ def register(client, cfg: DeploySettings) -> list[Registered]:
     return out
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Credentials must not travel as parameters: the UI shows them and SecretStr arrives masked."""
-    bad = [o for o in overrides if o.split("=", 1)[0].strip() in SECRET_KEYS]
-    if bad:
-        raise ConfigError(f"{bad[0].split('=')[0]} is a credential and must not be a flow parameter; give it to the "
-                          "worker's environment instead (AF_STORE__KEY/AF_STORE__SECRET or AWS_ACCESS_KEY_ID/"
-                          "AWS_SECRET_ACCESS_KEY) or a Prefect block")
+PARAMETER_HELP = {
+    "config": ("Path of a YAML config file on the worker (sections as in `agent-forge config show`); empty: the "
+               "embedded defaults.", ["/etc/agent-forge/nightly.yaml"]),
+    "profile": ("quick (CPU budgets) or full (GPU budgets); empty: quick, or the config file's profile.", ["full"]),
+    "overrides": ("Settings as section.key=value, applied last. Never credentials: give them to the worker's "
+                  "environment or a Secret block (store.credentials_block).",
+                  [["cognate.steps=60", "store.url=s3://bucket/prefix"]]),
+}
+
+
+def guard_parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """The flow's parameter schema with help for the UI form and a server-side refusal of credentials: with
+    `enforce_parameter_schema` the server rejects a run whose `overrides` set a credential before it stores
+    its parameters (UI, REST, `run_deployment` and schedules alike)."""
+    from agent_forge_core.config import secret_settings
+
+    props = schema.get("properties", {})
+    for name, (description, examples) in PARAMETER_HELP.items():
+        if name in props:
+            props[name].update(description=description, examples=examples)
+    if "overrides" in props:
+        secrets: dict[str, set[str]] = {}
+        for section, field in secret_settings():
+            secrets.setdefault(section, set()).add(field)
+        pattern = "|".join(
+            rf"^\s*{section}\s*(\.+\s*({'|'.join(sorted(fields))})\s*)?=" for section, fields in sorted(secrets.items()))
+        for option in props["overrides"].get("anyOf", [props["overrides"]]):
+            if option.get("type") == "array":
+                option["items"] = {"type": "string", "not": {"pattern": pattern},
+                                   "description": "section.key=value; credentials are refused"}
+    return schema
 
 
 def worker_command(pool: str, gpu: int | None, limit: int | None) -> tuple[list[str], dict[str, str]]:

@@ -9,14 +9,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact  # noqa: E402
 
-from agent_forge_core.config import load_settings  # noqa: E402
+from agent_forge_core.config import load_settings, refuse_secret_overrides  # noqa: E402
 from agent_forge_core.report import metrics_table, collect, write_report  # noqa: E402
 from agent_forge_core.stages.contract import Artifact  # noqa: E402
 from agent_forge_core.stages.plan import make_plan  # noqa: E402
 from agent_forge_core.stages.registry import get_stage  # noqa: E402
 from agent_forge_core.store import CheckpointStore  # noqa: E402
 from tasks import task_for  # noqa: E402
-from tasks.storage import apply_credentials_block, result_storage  # noqa: E402
+from prefect.states import State  # noqa: E402
+
+from tasks.credentials import apply_credentials_block  # noqa: E402
 
 
 def publish(artifact: Artifact) -> None:
@@ -31,19 +33,19 @@ def forge(config: str | None = None, profile: str | None = None, overrides: list
     """Forge a model: import -> cognate -> ... Parameters carry no secrets: store credentials come from
     the worker's environment (AF_STORE__KEY/SECRET or AWS_*) or the Secret block store.credentials_block."""
     log = get_run_logger()
+    refuse_secret_overrides(overrides or [], "a flow parameter")  # UI, REST, schedule and API runs reach here
     settings = load_settings(config, overrides or [], profile)
     plan = make_plan(settings)  # refuses unbuilt or mis-chained stages before any work; every key, once
     log.info("profile %s, stages %s, store %s", settings.profile, plan.names, settings.store.url)
     apply_credentials_block(settings)
     store = CheckpointStore.from_settings(settings.store)
-    storage = result_storage(settings)
+    for stale in store.clean_stale():
+        log.info("removed %s, left by a writer that is gone", stale)
     overall = create_progress_artifact(0.0, key="forge-progress", description="forge: stages done")
     results = []
     for i, planned in enumerate(plan.stages):
-        # The cache record is only worth trusting while the checkpoints it points to exist.
-        refresh = not all(store.exists(k) for k in planned.outputs)
-        t = task_for(planned.name).with_options(result_storage=storage, refresh_cache=refresh)
-        results.append(t(dataclasses.asdict(planned), settings))
+        res = task_for(planned.name)(dataclasses.asdict(planned), settings)
+        results.append(res.result() if isinstance(res, State) else res)  # a Cached state carries its data
         spec = get_stage(planned.name)
         if spec.artifacts:
             for key in planned.outputs:

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from agent_forge_core.config import ForgeSettings  # noqa: E402
 from agent_forge_core.fanout import run_job  # noqa: E402
 from agent_forge_core.stages.registry import get_job  # noqa: E402
-from tasks.storage import apply_credentials_block  # noqa: E402
+from tasks.credentials import apply_credentials_block  # noqa: E402
 
 
 @flow(name="stage-job", log_prints=True, persist_result=False)

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from agent_forge_core.context import make_context
@@ -56,9 +57,10 @@ def test_deploy_trigger_worker_refuse_without_a_server_and_credentials_as_parame
     for argv in (["deploy"], ["trigger"], ["worker", "--pool", "gpu"]):
         assert main(argv) == 2
         assert "PREFECT_API_URL is not set" in capsys.readouterr().err
-    assert main(["trigger", "--set", "store.secret=hunter2"]) == 2
-    err = capsys.readouterr().err
-    assert "store.secret is a credential" in err and "AWS_SECRET_ACCESS_KEY" in err and "hunter2" not in err
+    for secret in ("store.secret=hunter2", "store..secret=hunter2", "store={secret: hunter2}"):
+        assert main(["trigger", "--set", secret]) == 2
+        err = capsys.readouterr().err
+        assert "store.secret: a credential must not be" in err and "AWS_SECRET_ACCESS_KEY" in err and "hunter2" not in err
     assert main(["deploy", "--set", "deploy.timezone=Mars/Olympus"]) == 2
     assert "deploy.timezone" in capsys.readouterr().err
 
@@ -74,3 +76,30 @@ def test_portable_settings_leave_credentials_to_the_receiver(monkeypatch, tmp_pa
     back = ForgeSettings.from_portable(json.loads(json.dumps(data)))
     assert back.store.secret.get_secret_value() == "S2" and back.store.key is None
     assert back.evomerge.population == 5 and back.public_dict()["cognate"] == s.public_dict()["cognate"]
+
+
+def test_the_deployment_schema_refuses_credentials_and_helps_the_ui_form():
+    import jsonschema
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deploy import guard_parameters
+    from flows.forge import forge
+
+    schema = guard_parameters(parameter_schema(forge.fn).model_dump_for_openapi())
+    assert all(schema["properties"][p]["description"] for p in ("config", "profile", "overrides"))
+    assert schema["properties"]["overrides"]["examples"] == [["cognate.steps=60", "store.url=s3://bucket/prefix"]]
+    ok = ["cognate.steps=60", "store.url=s3://bucket/prefix", "store.endpoint_url=http://x", "eval.seed=1"]
+    jsonschema.validate({"overrides": ok}, schema)
+    for bad in ("store.secret=x", "store.key=AKIA", " store . secret = x", "store..secret=x",
+                'store={"secret": "x", "key": "y"}', "store={secret: x}"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"overrides": ["cognate.steps=3", bad]}, schema)
+
+
+def test_credentials_are_found_at_any_nesting():
+    from agent_forge_core.config import secret_overrides, without_secrets
+
+    got = secret_overrides(["store.secret=s1", "store..key=k1", "cognate.steps=3"])
+    assert got == {"store.secret": "s1", "store.key": "k1"}
+    assert secret_overrides(['store={"secret": "s2", "url": "x"}']) == {"store.secret": "s2"}
+    assert without_secrets(["store.secret=s1", "cognate.steps=3", "store.url=x"]) == ["cognate.steps=3", "store.url=x"]

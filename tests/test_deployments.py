@@ -101,18 +101,18 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
                {"parameters": {"overrides": forge_overrides}})
     final = stack.wait_final(rest["id"], timeout=300)
     assert final["state_type"] == "COMPLETED", stack.log("worker-cpu")
-    # the second run found the first one's results in S3: every stage came back from the cache
+    # the second run found the first one's checkpoints in S3: every stage came back from the cache
     tasks = api("POST", f"{stack.api_url}/task_runs/filter", {"flow_runs": {"id": {"any_": [rest["id"]]}}})
     stage_states = {t["name"]: t["state_name"] for t in tasks if t["name"] in ("import", "cognate")}
     assert stage_states == {"import": "Cached", "cognate": "Cached"}
 
-    # checkpoints, manifests, reports and Prefect's result records are in the bucket
+    # checkpoints, manifests and reports are in the bucket; no Prefect result record (never trusted)
     keys = _s3_keys(moto_s3, "prod/")
     manifests = [k for k in keys if k.endswith("/manifest.json")]
     assert sum("/import-" in k for k in manifests) == 1 and sum("/cognate-" in k for k in manifests) == 3
     assert any(k.endswith(".safetensors") and "/cognate-" in k for k in keys)
     assert any(k.startswith("prod/reports/") and k.endswith("report.md") for k in keys)
-    assert any(k.startswith("prod/prefect-results/") for k in keys)
+    assert not any(k.startswith("prod/prefect-results/") for k in keys)
 
     starts = [(_ts(x["start_time"]) - _ts(x["created"])) for x in (run, final)]
     Path(stack.home, "timings.json").write_text(json.dumps(

@@ -18,12 +18,13 @@ def overrides(tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def body_calls(monkeypatch):
-    """Counts how often each stage's task body really runs (cache hits do not run it)."""
+    """Counts how often each stage's task really builds something (a cached stage only reads manifests)."""
     calls = Counter()
     real = stage_task_mod.run_stage
 
     def counting(spec, planned, ctx):
-        calls[spec.name] += 1
+        if not all(ctx.store.exists(k) for k in planned.keys.values()):
+            calls[spec.name] += 1
         return real(spec, planned, ctx)
 
     monkeypatch.setattr(stage_task_mod, "run_stage", counting)
@@ -127,7 +128,7 @@ def test_transient_store_error_is_retried(overrides, body_calls, monkeypatch, tm
 
 
 def test_flow_with_s3_store(overrides, moto_s3, body_calls, monkeypatch, tmp_path):
-    """Checkpoints, manifests, reports and Prefect's cache records all land in the bucket."""
+    """Checkpoints, manifests and reports land in the bucket; a rerun reuses them (no Prefect record)."""
     from flows.forge import forge
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
@@ -138,11 +139,11 @@ def test_flow_with_s3_store(overrides, moto_s3, body_calls, monkeypatch, tmp_pat
     store = CheckpointStore(f"s3://forge/flow-{tmp_path.name}",
                             {"client_kwargs": {"endpoint_url": moto_s3, "region_name": "us-east-1"}})
     assert len(store.list()) == 2 and store.manifest(out["finals"][0]).parents
-    assert store.fs.ls(f"forge/flow-{tmp_path.name}/prefect-results")
+    assert not store.fs.exists(f"forge/flow-{tmp_path.name}/prefect-results")
     assert out["report"].startswith("s3://") and store.fs.exists(out["report"].removeprefix("s3://"))
     body_calls.clear()
     again = forge(overrides=[*overrides, *s3])
-    assert again["finals"] == out["finals"] and body_calls == Counter()  # cache records read back from S3
+    assert again["finals"] == out["finals"] and body_calls == Counter()  # manifests read back from S3
 
 
 def test_flow_import_then_bitnet(overrides, tmp_path):
@@ -155,3 +156,65 @@ def test_flow_import_then_bitnet(overrides, tmp_path):
     m = CheckpointStore(f"{tmp_path}/store").manifest(final)
     assert m.stage == "bitnet" and m.info["bits"]["bits_per_weight_ternary_layers"] < 1.7
     assert "bitnet.json" in m.files and "perplexity" in m.metrics
+
+
+class _Plant:
+    """Unpickling it creates a marker file: the proof that a record was deserialized with pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_record_in_the_store_never_runs(overrides, body_calls, tmp_path):
+    """Anyone who can write the bucket could plant a Prefect result record declaring the pickle
+    serializer; no stage result is ever read from a Prefect record, so nothing is unpickled."""
+    import base64
+    import hashlib
+    import json
+    import pickle
+
+    from flows.forge import forge
+
+    out = forge(overrides=[*overrides, "cognate.focuses=[memory]"])
+    marker = tmp_path / "pwned"
+    payload = base64.b64encode(pickle.dumps(_Plant(marker))).decode()
+    record = {"metadata": {"storage_key": "x", "expiration": None, "prefect_version": "3.9.1", "storage_block_id": None,
+                           "serializer": {"type": "pickle", "picklelib": "pickle"}}, "result": payload}
+    results = tmp_path / "store" / "prefect-results"
+    results.mkdir()
+    stages = out["stages"]
+    # where the 0.1 flow kept its cache records (sha256 of the stage and its keys), and a few more names
+    names = [hashlib.sha256("\n".join([s, *ks]).encode()).hexdigest() for s in stages for ks in [out["finals"]]]
+    for name in [*names, "cognate", "import", *(f"{i:032x}" for i in range(4))]:
+        (results / name).write_text(json.dumps(record))
+    body_calls.clear()
+    again = forge(overrides=[*overrides, "cognate.focuses=[memory]"])
+    assert again["finals"] == out["finals"] and body_calls == Counter()
+    assert not marker.exists()
+    assert all(again["reused"].values())
+
+
+def test_credentials_given_to_run_never_reach_parameters_logs_store_or_reports(overrides, tmp_path, monkeypatch, capsys):
+    """`agent-forge run --set store.key=... --set store.secret=...`: the run works and nothing it writes (Prefect's
+    database and logs, the store, the report, the work dir) holds either value."""
+    import os
+
+    from flows.cli import main
+
+    for var in ("AF_STORE__KEY", "AF_STORE__SECRET"):  # restored (unset) after the test
+        monkeypatch.setenv(var, "x")
+        monkeypatch.delenv(var)
+    key, secret = "AKIAQQQQ5EEDKEY77", "s3cr3tZZZ9value"
+    argv = ["run", *sum((["--set", o] for o in [*overrides, "cognate.focuses=[memory]"]), []),
+            "--set", f"store.key={key}", "--set", f"store..secret={secret}"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert key not in out.out + out.err and secret not in out.out + out.err
+    written = [p for root in (os.environ["PREFECT_HOME"], tmp_path) for p in Path(root).rglob("*") if p.is_file()]
+    assert any(p.name.startswith("prefect.db") for p in written)
+    for p in written:
+        data = p.read_bytes()
+        assert key.encode() not in data and secret.encode() not in data, p

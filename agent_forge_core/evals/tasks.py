@@ -95,19 +95,23 @@ def _times(k: int, double: str, triple: str) -> str:
     return double if k == 2 else triple
 
 
+def _story(p: Program, opening: str, say: dict, question: str) -> str:
+    """Opening sentence, one sentence per step (`say[op](k)`), then the question."""
+    return " ".join([opening, *(say[o](k) for o, k in p.ops), question])
+
+
 def _a_items(rng, p):
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    say = {"add": lambda k: f"Then {k} more are added.", "sub": lambda k: f"Then {k} are given away.",
-           "mul": lambda k: f"Then the number of {item} is multiplied by {k}."}
-    return " ".join([f"{name} has {p.start} {item}.", *(say[o](k) for o, k in p.ops), f"How many {item} are there now?"])
+    return _story(p, f"{name} has {p.start} {item}.", {
+        "add": lambda k: f"Then {k} more are added.", "sub": lambda k: f"Then {k} are given away.",
+        "mul": lambda k: f"Then the number of {item} is multiplied by {k}."}, f"How many {item} are there now?")
 
 
 def _a_shop(rng, p):
     good = rng.choice(_GOODS)
-    say = {"add": lambda k: f"A delivery brings {k} more.", "sub": lambda k: f"It sells {k}.",
-           "mul": lambda k: f"Then its stock {_times(k, 'doubles', 'triples')}."}
-    return " ".join([f"A shop has {p.start} {good} in stock.", *(say[o](k) for o, k in p.ops),
-                     f"How many {good} does the shop have now?"])
+    return _story(p, f"A shop has {p.start} {good} in stock.", {
+        "add": lambda k: f"A delivery brings {k} more.", "sub": lambda k: f"It sells {k}.",
+        "mul": lambda k: f"Then its stock {_times(k, 'doubles', 'triples')}."}, f"How many {good} does the shop have now?")
 
 
 def _a_question_first(rng, p):
@@ -126,36 +130,32 @@ def _a_log(rng, p):
 
 def _a_game(rng, p):
     name = rng.choice(_NAMES)
-    say = {"add": lambda k: f"{name} wins {plural(k, 'bonus point', 'bonus points')}.",
-           "sub": lambda k: f"{name} loses {plural(k, 'point', 'points')}.",
-           "mul": lambda k: f"The score is then {_times(k, 'doubled', 'tripled')}."}
-    return " ".join([f"{name} has {p.start} points in a game.", *(say[o](k) for o, k in p.ops),
-                     f"How many points does {name} have now?"])
+    return _story(p, f"{name} has {p.start} points in a game.", {
+        "add": lambda k: f"{name} wins {plural(k, 'bonus point', 'bonus points')}.",
+        "sub": lambda k: f"{name} loses {plural(k, 'point', 'points')}.",
+        "mul": lambda k: f"The score is then {_times(k, 'doubled', 'tripled')}."}, f"How many points does {name} have now?")
 
 
 def _a_tank(rng, p):
-    say = {"add": lambda k: f"{plural(k, 'liter is', 'liters are')} poured in.",
-           "sub": lambda k: f"{plural(k, 'liter drains', 'liters drain')} out.",
-           "mul": lambda k: f"Then the amount of water {_times(k, 'doubles', 'triples')}."}
-    return " ".join([f"A tank holds {p.start} liters of water.", *(say[o](k) for o, k in p.ops),
-                     "How many liters are in the tank now?"])
+    return _story(p, f"A tank holds {p.start} liters of water.", {
+        "add": lambda k: f"{plural(k, 'liter is', 'liters are')} poured in.",
+        "sub": lambda k: f"{plural(k, 'liter drains', 'liters drain')} out.",
+        "mul": lambda k: f"Then the amount of water {_times(k, 'doubles', 'triples')}."}, "How many liters are in the tank now?")
 
 
 def _a_bank(rng, p):
     name = rng.choice(_NAMES)
-    say = {"add": lambda k: f"{name} deposits {plural(k, 'dollar', 'dollars')}.",
-           "sub": lambda k: f"{name} withdraws {plural(k, 'dollar', 'dollars')}.",
-           "mul": lambda k: f"Later the balance is multiplied by {k}."}
-    return " ".join([f"{name}'s account holds {p.start} dollars.", *(say[o](k) for o, k in p.ops),
-                     "How many dollars are in the account?"])
+    return _story(p, f"{name}'s account holds {p.start} dollars.", {
+        "add": lambda k: f"{name} deposits {plural(k, 'dollar', 'dollars')}.",
+        "sub": lambda k: f"{name} withdraws {plural(k, 'dollar', 'dollars')}.",
+        "mul": lambda k: f"Later the balance is multiplied by {k}."}, "How many dollars are in the account?")
 
 
 def _a_bus(rng, p):
-    say = {"add": lambda k: f"At a stop, {plural(k, 'person gets', 'people get')} on.",
-           "sub": lambda k: f"At the next stop, {plural(k, 'person gets', 'people get')} off.",
-           "mul": lambda k: f"Then there are {k} times as many passengers."}
-    return " ".join([f"A bus leaves the depot with {p.start} passengers.", *(say[o](k) for o, k in p.ops),
-                     "How many passengers are on the bus now?"])
+    return _story(p, f"A bus leaves the depot with {p.start} passengers.", {
+        "add": lambda k: f"At a stop, {plural(k, 'person gets', 'people get')} on.",
+        "sub": lambda k: f"At the next stop, {plural(k, 'person gets', 'people get')} off.",
+        "mul": lambda k: f"Then there are {k} times as many passengers."}, "How many passengers are on the bus now?")
 
 
 def _arithmetic_family(render) -> Callable[[random.Random], Example]:

@@ -4,10 +4,12 @@ run) runs.
 `evaluate_candidate(settings, request)` takes only small JSON-able inputs -- the forge settings and a
 request naming the run, the candidate's id and its recipe over checkpoint *keys* -- so it can run in
 another process or on another machine: it fetches the input checkpoints from the store, merges on the
-local disk (`settings.work_dir`), scores the merge on the validation split and deletes the merge. No
-weights travel. A candidate whose merge or evaluation fails, or whose metrics are not finite, gets the
-worst score and its error is recorded; it never raises. `fanout.run_job` stores each result under
-`result_path`, so a retried or resumed candidate is never evaluated twice.
+local disk (this process's scratch folder under `settings.work_dir`), scores the merge on the validation split and deletes the merge. No
+weights travel. Only real outcomes are results (and stored by `fanout.run_job` under `result_path`, so a
+resumed search never evaluates them twice): a score, or `nan` (worst score) for non-finite metrics. A
+failure to merge or evaluate (a damaged input, a lost worker, a full disk) raises: the fan-out scores
+that run worst for this search (`CANDIDATE_JOB.lost`), stores nothing, and a resumed search evaluates
+the candidate again.
 """
 from __future__ import annotations
 
@@ -15,9 +17,7 @@ import logging
 import math
 import shutil
 import time
-import traceback
 import uuid
-from pathlib import Path
 from typing import Any
 
 from ..evals.suite import evaluate
@@ -25,6 +25,7 @@ from ..fanout import Job
 from ..merge.engine import run_merge
 from ..merge.recipe import Recipe
 from ..model_io import load_model, resolve_device
+from ..scratch import scratch_dir
 from ..store import CheckpointStore
 from .fitness import WORST, combined_score, crashed_result
 
@@ -45,7 +46,7 @@ def evaluate_candidate(settings, request: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     result: dict[str, Any] = {"index": request["id"], "genome": request["genome"], "recipe": request["recipe"],
                               "started_at": started}
-    work = Path(settings.work_dir) / f"candidate-{request['id']}-{uuid.uuid4().hex[:8]}"
+    work = scratch_dir(settings.work_dir) / f"candidate-{request['id']}-{uuid.uuid4().hex[:8]}"
     try:
         recipe = Recipe.model_validate(request["recipe"])
         folders = {k: store.get(k) for k in recipe.referenced_models()}
@@ -53,15 +54,14 @@ def evaluate_candidate(settings, request: dict[str, Any]) -> dict[str, Any]:
         model, tok = load_model(str(work), device=str(resolve_device(settings.device)))
         metrics = evaluate(model, tok, candidate_eval_settings(settings), split="validation")
         del model
-        finite = all(math.isfinite(v) for v in metrics.values())
-        result.update(metrics=metrics, status="ok" if finite else "nan",
-                      fitness=combined_score(metrics, settings.evomerge.fitness) if finite else WORST)
-    except Exception as exc:  # noqa: BLE001 - a bad candidate must not stop the search
-        log.warning("candidate %s failed: %s", request["id"], exc)
-        result.update(metrics={}, status="crashed", fitness=WORST, error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc(limit=5))
+    except Exception as exc:
+        log.warning("candidate %s failed: %s: %s", request["id"], type(exc).__name__, exc)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    finite = all(math.isfinite(v) for v in metrics.values())
+    result.update(metrics=metrics, status="ok" if finite else "nan",
+                  fitness=combined_score(metrics, settings.evomerge.fitness) if finite else WORST)
     result["finished_at"] = time.time()
     result["wall_s"] = result["finished_at"] - started
     return result

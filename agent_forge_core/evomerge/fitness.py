@@ -36,5 +36,6 @@ def score_se(metrics: dict[str, float], weights: dict[str, float]) -> float:
 
 
 def crashed_result(exc: BaseException) -> dict:
-    """The result of a candidate whose evaluation itself was lost (worker died, retries spent)."""
+    """The result of a candidate whose evaluation failed or was lost (its merge or eval raised, the worker
+    died, retries spent): worst for this search, never stored, evaluated again on resume."""
     return {"status": "crashed", "fitness": WORST, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}

@@ -31,8 +31,13 @@ import numpy as np
 
 from ..fanout import Pool
 from ..store import CheckpointStore
+from ..errors import ForgeError
 from .fitness import WORST
 from .genome import GenomeSpace
+
+
+class EvoMergeFailed(ForgeError):
+    """No candidate of a search produced a score."""
 
 
 def state_path(run_id: str) -> str:
@@ -49,10 +54,14 @@ class History:
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
 
-    def best(self) -> dict[str, Any]:
+    def best(self, where: str = "") -> dict[str, Any]:
         ok = [c for c in self.candidates if c["status"] == "ok"]
         if not ok:
-            raise RuntimeError("every EvoMerge candidate failed; see the history for their errors")
+            first = next((c for c in self.candidates if c.get("error")), None)
+            raise EvoMergeFailed(
+                f"every EvoMerge candidate failed ({len(self.candidates)}); the first error: "
+                f"{first['error'] if first else 'none recorded'}; every candidate's status is in {where or 'the history'}. "
+                "Failures are not stored: fix the cause and rerun to evaluate them again")
         return max(ok, key=lambda c: c["fitness"])
 
     def per_generation(self) -> list[dict[str, float]]:
@@ -67,13 +76,24 @@ class History:
         return rows
 
 
-def load_history(store: CheckpointStore, run_id: str, dim: int) -> History:
+def load_history(store: CheckpointStore, run_id: str, dim: int, log=None) -> History:
+    """The stored history, up to (not including) its first generation with a crashed candidate: a crash is
+    no outcome (a damaged input, a lost worker), so that generation is asked again -- the same genomes, as
+    asks are seeded per generation -- and its candidates that did finish come back from their stored
+    results, while the crashed ones are evaluated again."""
     raw = store.read_file(state_path(run_id))
     if raw is None:
         return History(run_id, dim)
     h = History(**json.loads(raw))
     if h.dim != dim:
         raise RuntimeError(f"stored EvoMerge history {run_id} has genomes of {h.dim} genes, this search {dim}")
+    status = {c["index"]: c["status"] for c in h.candidates}
+    for g, idx in enumerate(h.generations):
+        if any(status[i] == "crashed" for i in idx):
+            keep = {i for gen in h.generations[:g] for i in gen}
+            if log:
+                log.info("evomerge: generation %d of %s had crashed candidates; asking it again", g, run_id)
+            return History(run_id, dim, [c for c in h.candidates if c["index"] in keep], h.generations[:g])
     return h
 
 
@@ -113,7 +133,7 @@ def run_search(
     on_generation: Callable[[History], None] | None = None,
     log=None,
 ) -> History:
-    history = load_history(store, run_id, space.dim)
+    history = load_history(store, run_id, space.dim, log)
     opt = _Optimizer(space, cfg)
     for g, idx in enumerate(history.generations):  # replay what a previous run already told
         by_index = {c["index"]: c for c in history.candidates}

@@ -22,7 +22,7 @@ from ..store import CheckpointStore
 from .candidate import CANDIDATE_JOB
 from .genome import GenomeSpace
 from .plot import history_rows, plot_history
-from .search import History, run_search
+from .search import History, run_search, state_path
 from .settings import EvoMergeSettings
 
 
@@ -54,7 +54,7 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, keys: dic
         history = run_search(space, cfg, pool, ctx.store, run_id, on_generation, ctx.log)
     finally:
         pool.close()
-    best = history.best()
+    best = history.best(ctx.store.url + "/" + state_path(run_id))
     folder = ctx.work_dir / f"evomerge-{uuid.uuid4().hex}"
     recipe = Recipe.model_validate(best["recipe"])
     run_merge(recipe, folder, {k: ctx.store.get(k) for k in recipe.referenced_models()})  # atomic: no partial folder

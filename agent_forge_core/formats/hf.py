@@ -56,9 +56,14 @@ def load(source: str | Path, device: str = "cpu", *, gguf_file: str | None = Non
         )
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], use_safetensors=not gguf_file, **kwargs)
+    except SafetensorError as e:
+        raise ModelLoadError(f"{source!r}: its safetensors weights are not readable ({e}): the file is truncated or not "
+                             "safetensors; re-download or re-export the model") from None
     except (ValueError, KeyError) as e:
         msg = str(e)
         if "Unrecognized" in msg or "does not recognize" in msg or "not supported" in msg or isinstance(e, KeyError):

@@ -43,12 +43,23 @@ class TensorInfo:
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """(header dict, byte offset where tensor data starts)."""
+    bad = f"{path}: not a valid safetensors file (truncated, or another format): re-create or re-download it"
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ModelLoadError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            raise ModelLoadError(bad)
         (n,) = struct.unpack("<Q", raw)
-        header = json.loads(f.read(n))
+        if n > size - 8:  # the header cannot be longer than the file (a garbage length would allocate it)
+            raise ModelLoadError(bad)
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ModelLoadError(bad) from None
+    if not isinstance(header, dict) or any(
+            name != "__metadata__" and not (isinstance(m, dict) and {"dtype", "shape", "data_offsets"} <= set(m))
+            for name, m in header.items()):
+        raise ModelLoadError(bad)
     return header, 8 + n
 
 

@@ -40,7 +40,7 @@ class StageContext:
     device: torch.device
     log: logging.Logger | logging.LoggerAdapter
     progress: Progress = no_progress
-    work_dir: Path = Path(".forge/work")
+    work_dir: Path = Path(".forge/work")  # this process's scratch folder (`scratch.py`)
     # (job, runtime) -> Pool: how a stage's jobs run in parallel. Threads by default; the Prefect layer
     # supplies Prefect tasks or deployment runs on a work pool.
     fanout: FanoutFactory | None = None

@@ -1,8 +1,10 @@
-"""Runs one planned stage: skip what exists, build, evaluate, gate, publish."""
+"""Runs one planned stage: reuse what is stored and verifies, build the rest, evaluate, gate, publish."""
 from __future__ import annotations
 
+import math
 import shutil
 
+from ..errors import GateFailed
 from ..evals.gates import enforce_gates
 from ..evals.suite import evaluate
 from ..model_io import load_model
@@ -15,10 +17,7 @@ from .registry import get_stage
 def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> StageResult:
     section = ctx.settings.section(spec.name)
     keys, inputs = planned.keys, planned.inputs
-    missing = {v: k for v, k in keys.items() if not ctx.store.exists(k)}
-    for v, k in keys.items():
-        if v not in missing:
-            ctx.log.info("%s: %s already in the store, reused", spec.name, k)
+    missing = {v: k for v, k in keys.items() if not _reusable(ctx, spec.name, k)}
     if missing:
         ch, cv = stage_config_hash(spec, ctx.settings), code_version(spec)
         score = spec.evaluate or (lambda model, tok, cfg, folder: evaluate(model, tok, cfg))
@@ -31,6 +30,11 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             ctx.progress(i / n, f"{spec.name}: evaluating {key}")
             metrics = score(model, tok, ctx.settings.eval, built.folder)
             del model
+            broken = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+            if broken:
+                shutil.rmtree(built.folder, ignore_errors=True)
+                raise GateFailed(f"stage {spec.name!r} built {key} with non-finite metrics ({', '.join(broken)}): the "
+                                 "model produces NaN or inf; no checkpoint was written")
             gates = []
             if built.parent:
                 before = ctx.store.manifest(built.parent).metrics
@@ -52,6 +56,21 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
         reused=not missing,
         info={k: m.info for k, m in manifests.items()},
     )
+
+
+def _reusable(ctx: StageContext, stage: str, key: str) -> bool:
+    """A stored output is reused only if it verifies (sizes; digests too where the store is local, where
+    reading is cheap: on S3 the next stage's download checks them); a damaged one is discarded and rebuilt."""
+    if not ctx.store.exists(key):
+        return False
+    problems = ctx.store.verify(key, digests=ctx.store.is_local)
+    if problems:
+        ctx.log.warning("%s: stored %s is damaged (%s); discarding it and building it again", stage, key,
+                        "; ".join(problems[:3]))
+        ctx.store.discard(key)
+        return False
+    ctx.log.info("%s: %s already in the store, reused", stage, key)
+    return True
 
 
 def run_stage_on(name: str, inputs: list[str], ctx: StageContext) -> StageResult:
