@@ -210,43 +210,17 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def secret_settings() -> list[tuple[str, str]]:
-    """(section, field) of every credential setting (a SecretStr field): never a flow parameter."""
+def to_overrides(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """A nested mapping (a YAML config) as `a.b=value` overrides; the inverse of `parse_overrides`."""
     out = []
-    for name, f in settings_class().model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += [(f.alias or name, sub) for sub, sf in ann.model_fields.items() if "SecretStr" in str(sf.annotation)]
+    for k, v in data.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += to_overrides(v, path + ".")
+        else:
+            text = yaml.safe_dump(v, default_flow_style=True, width=10**9).strip()
+            out.append(f"{path}={text.removesuffix('...').strip()}")
     return out
-
-
-def secret_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """{"store.secret": value, ...}: the credentials that `--set` overrides carry, at any nesting
-    (`store.secret=x`, `store..secret=x`, `store={secret: x}`)."""
-    parsed = parse_overrides(overrides)
-    found = {}
-    for section, field in secret_settings():
-        node = parsed.get(section)
-        if isinstance(node, dict) and field in node and node[field] not in (None, ""):
-            found[f"{section}.{field}"] = str(node[field])
-    return found
-
-
-def without_secrets(overrides: list[str] | tuple[str, ...]) -> list[str]:
-    """The overrides minus every one that sets a credential (they go to the environment instead)."""
-    return [o for o in overrides if not secret_overrides([o])]
-
-
-SAFE_CREDENTIALS = ("give credentials to the worker's environment (AF_STORE__KEY/AF_STORE__SECRET or "
-                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a Prefect Secret block named by "
-                    "store.credentials_block")
-
-
-def refuse_secret_overrides(overrides: list[str] | tuple[str, ...], where: str) -> None:
-    found = secret_overrides(overrides)
-    if found:
-        raise ConfigError(f"{', '.join(sorted(found))}: a credential must not be {where} (parameters are stored in "
-                          f"Prefect's database and shown in the UI); {SAFE_CREDENTIALS}")
 
 
 def read_yaml(path: str | os.PathLike | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The forge report: lineage and every stage's metrics as Markdown, and a PNG chart per metric."""
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any
 
@@ -85,11 +86,20 @@ def chart_png(manifests: list[Manifest]) -> bytes:
     return buf.getvalue()
 
 
+def report_key(finals: list[str]) -> str:
+    """Where a run's report lives: its final checkpoint's key, or for a run that ends in several
+    checkpoints (Cognate's variants) `<stage>-set-<sha256 of their keys>`, the same for the same set."""
+    if len(finals) == 1:
+        return finals[0]
+    digest = hashlib.sha256(",".join(sorted(finals)).encode()).hexdigest()[:16]
+    return f"{finals[0].split('-', 1)[0]}-set-{digest}"
+
+
 def write_report(store: CheckpointStore, finals: list[str], title: str) -> tuple[str, str]:
-    """Writes reports/<first final key>/report.md and metrics.png; returns (markdown, report uri)."""
+    """Writes reports/<report_key(finals)>/report.md and metrics.png; returns (markdown, report uri)."""
     manifests = collect(store, finals)
     md = markdown(manifests, finals, store, title)
-    folder = f"reports/{finals[0]}"
+    folder = f"reports/{report_key(finals)}"
     store.write_file(f"{folder}/metrics.png", chart_png(manifests))
     md_with_chart = md + "\n![metrics](metrics.png)\n"
     uri = store.write_file(f"{folder}/report.md", md_with_chart.encode())

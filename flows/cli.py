@@ -34,7 +34,7 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_run(args) -> int:
-    from agent_forge_core.config import secret_overrides, without_secrets
+    from agent_forge_core.credentials import secret_overrides, without_secrets
     from agent_forge_core.stages.plan import plan
 
     # A bad config fails here in a second, before Prefect's server starts; the flow checks again because
@@ -182,18 +182,26 @@ def cmd_models(args) -> int:
 def cmd_deploy(args) -> int:
     from prefect.client.orchestration import get_client
 
-    from flows.deploy import api_url, ensure_pools, register
+    from agent_forge_core.config import parse_overrides, read_yaml
+    from flows.deploy import api_url, ensure_pools, forge_parameters, register
 
-    cfg = _settings(args).deploy
+    settings = _settings(args)  # a bad value fails first, then a missing server, then what a deployment refuses
+    cfg = settings.deploy
     url = api_url()
+    params = forge_parameters(read_yaml(args.config), args.profile, args.overrides, settings, args.allow_local_store)
+    # deploy.nightly switches the schedule; without it, a schedule switched in the UI stays as it is
+    explicit = "nightly" in (parse_overrides(args.overrides).get("deploy") or {}) or "nightly" in (
+        read_yaml(args.config).get("deploy") or {}) or "AF_DEPLOY__NIGHTLY" in os.environ
     with get_client(sync_client=True) as client:
         pools = ensure_pools(client, cfg)
-        deployed = register(client, cfg)
+        deployed = register(client, cfg, {"forge": params}, keep_schedule_state=not explicit)
     print(f"server {url}")
     for name, limit in pools.items():
         print(f"work pool {name:<10} process, concurrency limit {limit}")
     for d in deployed:
         print(f"deployment {d.name:<42} pool {d.pool:<6} {'; '.join(d.schedules) or 'no schedule'}")
+        if d.parameters:
+            print(f"  default parameters: {json.dumps(d.parameters)}")
     print("start workers with `agent-forge worker --pool cpu` and `agent-forge worker --pool gpu [--gpu I]`")
     return 0
 
@@ -202,7 +210,7 @@ def cmd_trigger(args) -> int:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from agent_forge_core.config import refuse_secret_overrides
+    from agent_forge_core.credentials import refuse_secret_overrides
     from flows.deploy import api_url, ui_url
 
     refuse_secret_overrides(args.overrides, "a deployment run's parameter")
@@ -234,13 +242,35 @@ def cmd_trigger(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    """Runs the Prefect worker as a child and passes SIGTERM/SIGINT on; a worker still running `--grace`
+    seconds later (it retries an API that is gone, e.g. while the server stops) is killed, so a worker
+    always stops within the time Docker and Kubernetes give it (10 s and 30 s)."""
+    import signal
+    import subprocess
+
     from flows.deploy import api_url, worker_command
 
     api_url()
-    cmd, env = worker_command(args.pool, args.gpu, args.limit)
-    print(" ".join(cmd), flush=True)
-    os.execvpe(cmd[0], cmd, env)  # the worker replaces this process, so signals reach it directly
-    return 0  # pragma: no cover
+    cmd, env = worker_command(args.pool, args.gpu, args.limit, args.poll)
+    print(" ".join(cmd) + f"  (polls every {env['PREFECT_WORKER_QUERY_SECONDS']}s)", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    asked: list[float] = []
+
+    def stop(signum, frame) -> None:
+        asked.append(time.monotonic())
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if asked and time.monotonic() - asked[0] > args.grace:
+                print(f"worker still running {args.grace:g}s after the stop signal; killing it", file=sys.stderr, flush=True)
+                proc.kill()
+                proc.wait()
+                return 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out")
     sp.add_argument("--shard-mb", type=float, default=2048, help="largest output shard (MiB)")
     sp.set_defaults(fn=cmd_merge)
-    with_config(sub.add_parser("deploy", help="create the work pools and deployments on the Prefect server "
-                               "(PREFECT_API_URL); schedule from the deploy.* settings")).set_defaults(fn=cmd_deploy)
+    sp = with_config(sub.add_parser("deploy", help="create the work pools and deployments on the Prefect server "
+                                    "(PREFECT_API_URL); schedule from the deploy.* settings; the given config "
+                                    "becomes the forge deployment's default parameters"))
+    sp.add_argument("--allow-local-store", action="store_true",
+                    help="accept a relative local store.url (only right when every worker runs in this directory)")
+    sp.set_defaults(fn=cmd_deploy)
     sp = with_config(sub.add_parser("trigger", help="start a deployment run through the API; prints its id and UI link"))
     sp.add_argument("--deployment", default="forge/forge", help="flow/deployment name")
     sp.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it completes")
@@ -288,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pool", required=True, help="work pool name (cpu, gpu)")
     sp.add_argument("--gpu", type=int, default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES, limit 1)")
     sp.add_argument("--limit", type=int, default=None, help="flow runs this worker runs at once")
+    sp.add_argument("--poll", type=float, default=2.0, help="seconds between asking the server for runs (Prefect: 10)")
+    sp.add_argument("--grace", type=float, default=6.0, help="seconds a stopping worker gets before it is killed")
     sp.set_defaults(fn=cmd_worker)
     mp = sub.add_parser("models", help="built-in model aliases")
     mp_sub = mp.add_subparsers(dest="action", required=True)

@@ -87,20 +87,54 @@ class Registered:
     id: Any
     pool: str
     schedules: list[str]
+    parameters: dict[str, Any]
 
 
-def _schedules(entries: list[dict[str, Any]], cfg: DeploySettings):
-    """The YAML's schedule entries with cron/timezone/active taken from the `deploy` config section."""
+def _schedules(entries: list[dict[str, Any]], cfg: DeploySettings, active: dict[str, bool]):
+    """The YAML's schedule entries with cron/timezone from the `deploy` section; `active` (by slug) is what the
+    server has now, kept unless `deploy.nightly` was given."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule
 
-    return [DeploymentScheduleCreate(schedule=CronSchedule(cron=cfg.cron, timezone=cfg.timezone), active=cfg.nightly,
-                                     slug=e.get("slug"))
+    return [DeploymentScheduleCreate(schedule=CronSchedule(cron=cfg.cron, timezone=cfg.timezone),
+                                     active=active.get(e.get("slug"), cfg.nightly), slug=e.get("slug"))
             for e in entries]
 
 
-def register(client, cfg: DeploySettings) -> list[Registered]:
-    """Create or update every deployment of prefect.yaml; its flow code is imported from the repository."""
+def _current_activity(client, name: str) -> dict[str, bool]:
+    """{schedule slug: active} of a registered deployment ({} if it is new)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        dep = client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return {}
+    return {s.slug: s.active for s in (dep.schedules or []) if s.slug}
+
+
+def forge_parameters(config: dict[str, Any], profile: str | None, overrides: list[str], settings,
+                     allow_local_store: bool = False) -> dict[str, Any]:
+    """The forge deployment's default parameters (what the nightly schedule and a plain UI run use): the given
+    config file and `--set` overrides as one list of overrides (a file on this machine is not on the
+    workers), never the `deploy` section (that is about registering) and never credentials."""
+    from agent_forge_core.config import to_overrides
+    from agent_forge_core.credentials import refuse_secret_overrides
+
+    merged = [o for o in [*to_overrides(config), *overrides] if not o.strip().startswith("deploy.")]
+    refuse_secret_overrides(merged, "a deployment's default parameter")
+    url = settings.store.url
+    if "://" not in url and not Path(url).expanduser().is_absolute() and not allow_local_store:
+        raise ConfigError(f"store.url={url} is relative to each worker's working directory, and workers may run "
+                          "elsewhere: give the deployment a shared store (--set store.url=s3://bucket/prefix) or an "
+                          "absolute path every worker sees, or pass --allow-local-store")
+    return {"config": None, "profile": profile, "overrides": merged}
+
+
+def register(client, cfg: DeploySettings, parameters: dict[str, dict[str, Any]] | None = None,
+             keep_schedule_state: bool = True) -> list[Registered]:
+    """Create or update every deployment of prefect.yaml (`parameters`: default parameters by deployment name,
+    instead of the YAML's); its flow code is imported from the repository. A schedule switched on or off
+    in the UI stays so unless `keep_schedule_state` is False (`deploy.nightly` was given)."""
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
@@ -109,16 +143,18 @@ def register(client, cfg: DeploySettings) -> list[Registered]:
     for d in spec["deployments"]:
         flow = load_flow_from_entrypoint(str(REPO_DIR / d["entrypoint"]), use_placeholder_flow=False)
         flow_id = client.create_flow_from_name(flow.name)
-        schedules = _schedules(d.get("schedules") or [], cfg)
+        active = _current_activity(client, f"{flow.name}/{d['name']}") if keep_schedule_state else {}
+        schedules = _schedules(d.get("schedules") or [], cfg, active)
         dep_id = client.create_deployment(
             flow_id=flow_id, name=d["name"], entrypoint=d["entrypoint"], description=d.get("description"),
             work_pool_name=d["work_pool"]["name"], job_variables=d["work_pool"].get("job_variables") or {},
-            parameters=d.get("parameters") or {}, tags=d.get("tags") or [],
+            parameters=(parameters or {}).get(d["name"], d.get("parameters") or {}), tags=d.get("tags") or [],
             parameter_openapi_schema=guard_parameters(parameter_schema(flow.fn).model_dump_for_openapi()),
             enforce_parameter_schema=True, pull_steps=spec["pull"], schedules=schedules,
         )
         out.append(Registered(f"{flow.name}/{d['name']}", dep_id, d["work_pool"]["name"],
-                              [f"{cfg.cron} ({cfg.timezone}) {'active' if cfg.nightly else 'inactive'}" for _ in schedules]))
+                              [f"{cfg.cron} ({cfg.timezone}) {'active' if s.active else 'inactive'}" for s in schedules],
+                              (parameters or {}).get(d["name"], d.get("parameters") or {})))
     return out
 
 
@@ -136,7 +172,7 @@ def guard_parameters(schema: dict[str, Any]) -> dict[str, Any]:
     """The flow's parameter schema with help for the UI form and a server-side refusal of credentials: with
     `enforce_parameter_schema` the server rejects a run whose `overrides` set a credential before it stores
     its parameters (UI, REST, `run_deployment` and schedules alike)."""
-    from agent_forge_core.config import secret_settings
+    from agent_forge_core.credentials import secret_settings
 
     props = schema.get("properties", {})
     for name, (description, examples) in PARAMETER_HELP.items():
@@ -155,8 +191,10 @@ def guard_parameters(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def worker_command(pool: str, gpu: int | None, limit: int | None) -> tuple[list[str], dict[str, str]]:
-    """The `prefect worker` command line and environment for a process worker of `pool`."""
+def worker_command(pool: str, gpu: int | None, limit: int | None, poll_s: float = 2.0) -> tuple[list[str], dict[str, str]]:
+    """The `prefect worker` command line and environment for a process worker of `pool`. It asks the server
+    for runs every `poll_s` seconds (Prefect's default, 10 s, makes a run wait up to that long to start);
+    PREFECT_WORKER_QUERY_SECONDS in the environment wins."""
     import sys
 
     prefect_bin = Path(sys.executable).with_name("prefect")
@@ -164,6 +202,7 @@ def worker_command(pool: str, gpu: int | None, limit: int | None) -> tuple[list[
     env = dict(os.environ)
     env.setdefault("AF_REPO_DIR", str(REPO_DIR))  # the deployments' pull step runs flows from here
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", f"{poll_s:g}")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # this worker's runs see only its GPU, as cuda:0
         limit = limit or 1

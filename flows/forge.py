@@ -9,7 +9,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact  # noqa: E402
 
-from agent_forge_core.config import load_settings, refuse_secret_overrides  # noqa: E402
+from agent_forge_core.config import load_settings  # noqa: E402
+from agent_forge_core.credentials import refuse_secret_overrides  # noqa: E402
 from agent_forge_core.report import metrics_table, collect, write_report  # noqa: E402
 from agent_forge_core.stages.contract import Artifact  # noqa: E402
 from agent_forge_core.stages.plan import make_plan  # noqa: E402

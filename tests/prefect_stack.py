@@ -54,7 +54,7 @@ class PrefectStack:
         env = dict(os.environ)
         env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api_url, PREFECT_SERVER_API_PORT=str(self.port),
                    PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5", **extra)
+                   PREFECT_WORKER_PREFETCH_SECONDS="5", **extra)  # the poll interval: `agent-forge worker`'s
         return env
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -97,7 +97,7 @@ def test_the_deployment_schema_refuses_credentials_and_helps_the_ui_form():
 
 
 def test_credentials_are_found_at_any_nesting():
-    from agent_forge_core.config import secret_overrides, without_secrets
+    from agent_forge_core.credentials import secret_overrides, without_secrets
 
     got = secret_overrides(["store.secret=s1", "store..key=k1", "cognate.steps=3"])
     assert got == {"store.secret": "s1", "store.key": "k1"}

@@ -27,7 +27,8 @@ def test_merged_adapter_equals_peft_model(tiny_model_dir):
 
 
 def test_each_cognate_improves_its_focus_metric(tiny_settings):
-    s = tiny_settings("cognate.steps=100", "cognate.lr=0.01", "cognate.batch_size=8", "eval.n_examples=16")
+    s = tiny_settings("cognate.steps=100", "cognate.lr=0.01", "cognate.batch_size=8", "eval.n_examples=16",
+                      "cognate.replay=0")  # pure focus training: its specialization is what is checked
     ctx = make_context(s)
     base = run_stage_on("import", [], ctx)
     res = run_stage_on("cognate", base.outputs, ctx)
@@ -49,3 +50,18 @@ def test_each_cognate_improves_its_focus_metric(tiny_settings):
     # a second run reuses the checkpoints without training
     again = run_stage_on("cognate", base.outputs, ctx)
     assert again.reused and again.outputs == res.outputs
+
+
+def test_replay_swaps_a_share_of_task_sequences_for_held_in_text(tiny_model_dir):
+    from agent_forge_core.evals.text import natural_text
+    from agent_forge_core.model_io import load_model
+    from agent_forge_core.training.sft_data import focus_sequences, with_replay
+
+    _, tok = load_model(str(tiny_model_dir))
+    seqs = focus_sequences("memory", tok, 40, 64, 1, 0)
+    mixed = with_replay(seqs, tok, 0.25, 64, 99)
+    assert len(mixed) == 40 and mixed[:30] == seqs[:30]
+    train_text = natural_text("train")
+    for ids, labels in mixed[30:]:
+        assert labels == ids and tok.decode(ids)[:40] in train_text  # LM windows of held-in text, loss on all
+    assert with_replay(seqs, tok, 0.0, 64, 99) == seqs

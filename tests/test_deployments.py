@@ -37,14 +37,22 @@ def forge_overrides(moto_s3, tiny_model_dir, tmp_path_factory):
             f"work_dir={work}/work", f"store.cache_dir={work}/cache", *TINY_OVERRIDES]
 
 
+DEPLOY_STORE = ["store.url=s3://forge/nightly"]
+
+
 @pytest.fixture(scope="module")
-def deployed(stack):
+def deployed(stack, moto_s3):
+    # a relative local store is refused: workers may run elsewhere
+    r = stack.cli("deploy")
+    assert r.returncode == 2 and "store.url=.forge/store is relative" in r.stderr
     args = ["deploy", "--set", "deploy.nightly=true", "--set", "deploy.cron=30 3 * * *",
-            "--set", "deploy.timezone=Europe/Berlin", "--set", "deploy.gpu_concurrency=2"]
+            "--set", "deploy.timezone=Europe/Berlin", "--set", "deploy.gpu_concurrency=2",
+            "--set", DEPLOY_STORE[0], "--set", f"store.endpoint_url={moto_s3}", "--set", "cognate.steps=3"]
     for _ in range(2):  # registering twice updates in place
         r = stack.cli(*args)
         assert r.returncode == 0, r.stderr
     assert "work pool gpu        process, concurrency limit 2" in r.stdout
+    assert '"cognate.steps=3"' in r.stdout  # the default parameters are shown
     return {d["name"]: d for d in api("POST", f"{stack.api_url}/deployments/filter", {})}
 
 
@@ -77,6 +85,29 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
     assert sched["schedule"]["cron"] == "30 3 * * *" and sched["schedule"]["timezone"] == "Europe/Berlin"
     assert sched["active"] is True
     assert forge["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $AF_REPO_DIR }}"
+    # the config given to `deploy` is what the nightly schedule runs with; the deploy section is not part of it
+    assert forge["parameters"] == {"config": None, "profile": None, "overrides": [
+        DEPLOY_STORE[0], f"store.endpoint_url={moto_s3}", "cognate.steps=3"]}
+    assert forge["parameter_openapi_schema"]["properties"]["overrides"]["description"]
+
+    # a schedule switched off in the UI stays off when someone redeploys without deploy.nightly
+    api("PATCH", f"{stack.api_url}/deployments/{forge['id']}/schedules/{sched['id']}", {"active": False})
+    assert stack.cli("deploy", "--set", DEPLOY_STORE[0]).returncode == 0
+    assert api("GET", f"{stack.api_url}/deployments/{forge['id']}")["schedules"][0]["active"] is False
+    assert stack.cli("deploy", "--set", DEPLOY_STORE[0], "--set", "deploy.nightly=true").returncode == 0
+    assert api("GET", f"{stack.api_url}/deployments/{forge['id']}")["schedules"][0]["active"] is True
+
+    # credentials in a run's parameters are refused by the server before it stores anything (UI, REST, API)
+    import urllib.error
+
+    secret = "UIs3cr3tVALUE42"
+    for bad in (f"store.secret={secret}", f"store..secret={secret}", f"store={{secret: {secret}}}"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            http("POST", f"{stack.api_url}/deployments/{forge['id']}/create_flow_run",
+                 {"parameters": {"overrides": ["cognate.steps=3", bad]}}, retries=1)
+        assert e.value.code in (409, 422), e.value.code
+    db = [p for p in Path(stack.home).rglob("prefect.db*") if p.is_file()]
+    assert db and all(secret.encode() not in p.read_bytes() for p in db)
 
     # the UI is served by the same server
     status, body = http("GET", f"{stack.url}/")
@@ -184,3 +215,43 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
     history = json.loads(fs.cat(f"forge/{hist_key}"))
     assert len(history["candidates"]) == 4 and len(history["generations"]) == 1
     assert all(c["status"] == "ok" and c["fitness"] > -1e8 for c in history["candidates"])
+
+
+def test_a_worker_stops_promptly_on_sigterm_even_without_its_server(tmp_path_factory):
+    """What Docker and Kubernetes do when a stack stops: the server goes away, then each worker gets SIGTERM.
+    `agent-forge worker` passes it on and kills a worker still retrying a missing API after --grace."""
+    s = PrefectStack(tmp_path_factory.mktemp("prefect-sigterm"))
+    try:
+        s.start_server()
+        r = s.cli("deploy", "--set", "store.url=s3://forge/x")
+        assert r.returncode == 0, r.stderr
+        worker = s.start_worker("cpu")
+        deadline = time.monotonic() + 60
+        while "polls every" not in s.log("worker-cpu") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # the worker is polling
+        server = next(p for name, p in s.procs if name == "server")
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(2)  # the worker now retries an API that is gone
+        t0 = time.monotonic()
+        worker.send_signal(signal.SIGTERM)  # to the supervisor only: it passes the signal on
+        worker.wait(timeout=30)
+        stopped = time.monotonic() - t0
+        print(f"worker stopped {stopped:.1f}s after SIGTERM with its server gone")
+        assert stopped < 14, s.log("worker-cpu")  # --grace 6 s, then the kill
+        assert not _running_children(worker.pid)
+    finally:
+        s.stop()
+
+
+def _running_children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out

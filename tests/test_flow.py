@@ -58,6 +58,7 @@ def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls,
         assert m.stage == "cognate" and {"perplexity", "recall", "arithmetic", "instruction"} <= set(m.metrics)
     report = Path(out["report"])
     assert report.is_file() and "## Lineage" in report.read_text()
+    assert report.parent.name.startswith("cognate-set-")  # the whole run's report, not the first cognate's
     assert (report.parent / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {r["stage"] for r in out["rows"]} == {"import", "cognate[reasoning]", "cognate[memory]", "cognate[language]"}
 

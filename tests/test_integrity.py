@@ -80,7 +80,7 @@ def test_non_finite_metrics_are_never_published(tiny_settings, monkeypatch):
     import agent_forge_core.stages.runner as runner
 
     ctx = make_context(tiny_settings())
-    monkeypatch.setattr(runner, "evaluate", lambda model, tok, cfg: {"perplexity": float("nan"), "recall": 0.1})
+    monkeypatch.setattr(runner, "evaluate", lambda model, tok, cfg, **kw: {"perplexity": float("nan"), "recall": 0.1})
     with pytest.raises(GateFailed, match=r"non-finite metrics \(perplexity\)"):
         run_stage_on("import", [], ctx)
     assert ctx.store.list() == []

@@ -27,6 +27,8 @@ class CognateSettings(StageSection):
     batch_size: int = Field(8, gt=0)
     max_len: int = Field(256, gt=16, description="Tokens per training sequence.")
     warmup: int = Field(4, ge=0)
+    replay: float = Field(0.1, ge=0, lt=1, description="Share of a task focus's training sequences that are "
+                          "held-in natural text instead (rehearsal against forgetting; `language` is all text).")
     seed: int = 0
     gates: dict[str, float] = Field(
         default_factory=lambda: {"perplexity": 0.5, "perplexity_ood": 0.5, "arithmetic": 0.25, "recall": 0.25,

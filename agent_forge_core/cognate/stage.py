@@ -1,8 +1,10 @@
 """Stage 1, Cognate: N variants of the base model, each with its own cognitive focus.
 
 Each variant is a short LoRA fine-tune on its focus's train split, merged into full weights (the focuses
-and their metrics: `training/focuses.py`). Every variant is evaluated on the held-out test split; its
-focus and focus metric are recorded in its manifest.
+and their metrics: `training/focuses.py`). A task focus rehearses language modelling: `replay` of its
+sequences are windows of held-in natural text (measured on SmolLM2: the memory cognate alone drifts to
+×1.9 the base perplexity, over the default gate; with 10% replay it stays below the base, README). Every
+variant is evaluated on the held-out test split; its focus and focus metric are recorded in its manifest.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from ..model_io import load_model, save_model
 from ..stages.contract import Built, StageContext, StageSpec
 from ..training.focuses import FOCUSES
 from ..training.lora import lora_config, merge_lora, train_lora
-from ..training.sft_data import batches, focus_sequences
+from ..training.sft_data import batches, focus_sequences, with_replay
 from .settings import CognateSettings
 
 
@@ -28,6 +30,8 @@ def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, keys: dict
         model, tok = load_model(str(src), device=str(ctx.device))
         seqs = focus_sequences(focus, tok, cfg.steps * cfg.batch_size, cfg.max_len, ctx.settings.eval.shots,
                                cfg.seed, ctx.settings.eval.data)
+        if FOCUSES[focus].task is not None:
+            seqs = with_replay(seqs, tok, cfg.replay, cfg.max_len, cfg.seed + 99)
         data = batches(seqs, cfg.batch_size, tok.pad_token_id, seed)
 
         def progress(f: float, msg: str, _focus=focus, _n=n) -> None:
@@ -48,7 +52,7 @@ def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, keys: dict
 
 SPEC = StageSpec(
     name="cognate",
-    version=1,
+    version=2,  # 2: replay of natural text in task focuses
     takes="one",
     build=build,
     settings=CognateSettings,

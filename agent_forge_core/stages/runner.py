@@ -20,7 +20,6 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
     missing = {v: k for v, k in keys.items() if not _reusable(ctx, spec.name, k)}
     if missing:
         ch, cv = stage_config_hash(spec, ctx.settings), code_version(spec)
-        score = spec.evaluate or (lambda model, tok, cfg, folder: evaluate(model, tok, cfg))
         n = len(missing)
         for i, built in enumerate(spec.build(list(inputs), section, ctx, missing)):
             key = keys[built.variant]
@@ -28,7 +27,11 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             if model is None:
                 model, tok = load_model(str(built.folder), device=str(ctx.device))
             ctx.progress(i / n, f"{spec.name}: evaluating {key}")
-            metrics = score(model, tok, ctx.settings.eval, built.folder)
+            if spec.evaluate:
+                metrics = spec.evaluate(model, tok, ctx.settings.eval, built.folder)
+            else:
+                metrics = evaluate(model, tok, ctx.settings.eval,
+                                   progress=lambda f, m, _i=i: ctx.progress(_i / n, f"{spec.name}: {key}: {m}"))
             del model
             broken = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             if broken:

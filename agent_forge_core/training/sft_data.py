@@ -34,6 +34,15 @@ def text_sequences(tokenizer, max_len: int, n: int, seed: int):
     return [(ids[s : s + max_len], ids[s : s + max_len]) for s in starts]
 
 
+def with_replay(seqs, tokenizer, share: float, max_len: int, seed: int):
+    """Rehearsal against forgetting: the last `share` of a task focus's sequences replaced by windows of
+    held-in natural text, so the fine-tune keeps practising language modelling (shuffled in `batches`)."""
+    k = round(len(seqs) * share)
+    if k == 0:
+        return seqs
+    return seqs[: len(seqs) - k] + text_sequences(tokenizer, max_len, k, seed)
+
+
 def batches(seqs, batch_size: int, pad_id: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled batches, right-padded."""
     rng = random.Random(seed)
