@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from .agent.settings import AgentSettings
 from .errors import ConfigError
 from .evals.settings import EvalSettings
 from .settings_base import PROFILE_NAMES, Section, StageSection
@@ -118,6 +119,7 @@ class ForgeSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

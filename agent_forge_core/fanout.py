@@ -45,14 +45,11 @@ class Job:
 def run_job(job: Job, settings, request: Request) -> Result:
     """The job's result: the stored one of an identical request, else computed and stored."""
     store = CheckpointStore.from_settings(settings.store)
-    path = job.result_path(request)
-    raw = store.read_file(path)
-    if raw is not None:
-        record = json.loads(raw)
-        if record.get("request") == request:
-            return record["result"]
+    stored = stored_result(job, store, request)
+    if stored is not None:
+        return stored
     result = job.fn(settings, request)
-    store.write_file(path, json.dumps({"request": request, "result": result}, indent=1).encode())
+    store.write_file(job.result_path(request), json.dumps({"request": request, "result": result}, indent=1).encode())
     return result
 
 

@@ -168,6 +168,37 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _agent(args):
+    """(model, tokenizer, runtime, settings) of a stored checkpoint, ready to answer."""
+    from agent_forge_core.agent.runtime import Runtime
+    from agent_forge_core.model_io import load_model, resolve_device
+
+    settings = _settings(args)
+    folder = _store(args).get(args.key)
+    model, tok = load_model(str(folder), device=str(resolve_device(settings.device)))
+    runtime = Runtime.open(folder, model, tok, settings.agent, session=getattr(args, "session", None), model_key=args.key)
+    return model, tok, runtime, settings
+
+
+def cmd_chat(args) -> int:
+    from agent_forge_core.agent.chat import chat
+
+    model, tok, runtime, settings = _agent(args)
+    return chat(model, tok, runtime, settings.agent.max_new_tokens, settings.agent.temperature)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from agent_forge_core.agent.server import AgentServer, create_app
+
+    model, tok, runtime, settings = _agent(args)
+    server = AgentServer(model, tok, runtime, args.key, settings.agent.max_concurrency, settings.agent.max_new_tokens)
+    print(f"serving {args.key} at http://{args.host}:{args.port}/v1 (OpenAI-compatible)", flush=True)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_models(args) -> int:
     from agent_forge_core.aliases import ALIASES, ensure_alias
 
@@ -325,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--poll", type=float, default=2.0, help="seconds between asking the server for runs (Prefect: 10)")
     sp.add_argument("--grace", type=float, default=6.0, help="seconds a stopping worker gets before it is killed")
     sp.set_defaults(fn=cmd_worker)
+    sp = with_config(sub.add_parser("chat", help="chat with a forged agent in the terminal (its tools, memory, retrieval)"))
+    sp.add_argument("key")
+    sp.add_argument("--session", default=None, help="memory session (default: agent.session)")
+    sp.set_defaults(fn=cmd_chat)
+    sp = with_config(sub.add_parser("serve", help="serve a forged agent over an OpenAI-compatible HTTP API"))
+    sp.add_argument("key")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.set_defaults(fn=cmd_serve)
     mp = sub.add_parser("models", help="built-in model aliases")
     mp_sub = mp.add_subparsers(dest="action", required=True)
     mp_sub.add_parser("list").set_defaults(fn=cmd_models)

@@ -103,3 +103,17 @@ def test_credentials_are_found_at_any_nesting():
     assert got == {"store.secret": "s1", "store.key": "k1"}
     assert secret_overrides(['store={"secret": "s2", "url": "x"}']) == {"store.secret": "s2"}
     assert without_secrets(["store.secret=s1", "cognate.steps=3", "store.url=x"]) == ["cognate.steps=3", "store.url=x"]
+
+
+def test_chat_opens_a_stored_checkpoint_as_an_agent(tiny_settings, tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    s = tiny_settings()
+    key = run_stage_on("import", [], make_context(s)).outputs[0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2+2?\n/tools\n/quit\n"))
+    argv = ["chat", key, "--set", f"store.url={s.store.url}", "--set", f"agent.memory={tmp_path}/m.sqlite",
+            "--set", f"agent.index_dir={tmp_path}/idx", "--set", "agent.max_new_tokens=4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("agent ready: tools calc, mem_write, mem_read, search") and "search: Search the documentation" in out

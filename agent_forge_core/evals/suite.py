@@ -139,7 +139,11 @@ def evaluate(
     cfg: EvalSettings,
     split: str = "test",
     progress: Callable[[float, str], None] | None = None,
+    complete: Callable | None = None,
 ) -> dict[str, float]:
+    """The metrics of the module docstring. `complete(model, tokenizer, prompts) -> completions` replaces
+    plain greedy decoding for the accuracies: an agent's runtime answers with its tools in the loop
+    (`agent.runtime.Runtime.completer`), markup stripped before the checker."""
     model.eval()
     metrics: dict[str, float] = {}
     steps = len(PERPLEXITY_TEXTS) + len(cfg.tasks)
@@ -154,7 +158,9 @@ def evaluate(
             progress(k / steps, f"eval: {name}")
         task = get_task(name, cfg.data)
         items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
-        completions = greedy_complete(model, tokenizer, [p for p, _ in items], cfg.max_new_tokens, cfg.batch_size)
+        prompts = [p for p, _ in items]
+        completions = complete(model, tokenizer, prompts) if complete else \
+            greedy_complete(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
         correct = sum(task.check(c, ex) for c, (_, ex) in zip(completions, items))
         metrics[name] = correct / len(items)
         metrics[f"{name}_se"] = standard_error(correct, len(items))

@@ -30,7 +30,7 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             if spec.evaluate:
                 metrics = spec.evaluate(model, tok, ctx.settings.eval, built.folder)
             else:
-                metrics = evaluate(model, tok, ctx.settings.eval,
+                metrics = evaluate(model, tok, ctx.settings.eval, complete=_runtime_completer(built.folder, model, tok, ctx, key),
                                    progress=lambda f, m, _i=i: ctx.progress(_i / n, f"{spec.name}: {key}: {m}"))
             del model
             broken = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -59,6 +59,19 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
         reused=not missing,
         info={k: m.info for k, m in manifests.items()},
     )
+
+
+def _runtime_completer(folder, model, tok, ctx: StageContext, key: str):
+    """A checkpoint that carries a runtime (`runtime.json`) is evaluated as the agent it is: its tools in the
+    loop (a fresh, throwaway memory session per evaluation)."""
+    from ..agent.runtime import Runtime
+    from ..agent.settings import RUNTIME_FILE
+
+    if not (folder / RUNTIME_FILE).is_file():
+        return None
+    runtime = Runtime.open(folder, model, tok, ctx.settings.agent, session=f"eval-{key}", model_key=key)
+    runtime.memory.clear()
+    return runtime.completer(ctx.settings.eval.max_new_tokens)
 
 
 def _reusable(ctx: StageContext, stage: str, key: str) -> bool:
