@@ -173,10 +173,12 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
 
     killer = threading.Thread(target=kill_a_candidate_once_two_run_at_once, daemon=True)
     killer.start()
+    # each candidate evaluates for long enough (32 examples a task) that the two the pool starts together
+    # overlap despite their processes' start-up jitter (seconds apart on 2 busy cores)
     sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.runtime.executor=deployment",
                         "evomerge.population=4", "evomerge.generations=1", "evomerge.runtime.run_retries=1",
-                        "evomerge.runtime.poll_s=0.5", "evomerge.candidate_eval.n_examples=12",
-                        "evomerge.candidate_eval.ppl_tokens=1024", "evomerge.gates.perplexity=100"]
+                        "evomerge.runtime.poll_s=0.5", "evomerge.candidate_eval.n_examples=32",
+                        "evomerge.candidate_eval.ppl_tokens=2048", "evomerge.gates.perplexity=100"]
             for a in ("--set", o)]
     r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)
     stop.set()
