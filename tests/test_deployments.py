@@ -152,38 +152,45 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
           f"CLI trigger --wait {e2e_cli:.1f}s")
 
 
-def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, forge_overrides, moto_s3):
-    stack.start_worker("gpu", **S3_ENV)
+def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, forge_overrides, moto_s3, tmp_path):
+    # the worker's job processes meet at a rendezvous (tests/rendezvous/sitecustomize.py): the first two hold
+    # inside their job until released, so two candidates are mid-evaluation at once on any machine
+    meet = tmp_path / "rendezvous"
+    meet.mkdir()
+    stack.start_worker("gpu", AF_TEST_RENDEZVOUS=str(meet), **S3_ENV,
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent / "rendezvous"),
+                                                                os.environ.get("PYTHONPATH")])))
     killed: list[dict] = []
     both_running: list[list[str]] = []
     stop = threading.Event()
 
     def kill_a_candidate_once_two_run_at_once():
-        # seeing two RUNNING at once is the direct evidence that the pool runs candidates in parallel;
-        # killing one of them then crashes a run mid-evaluation, not before it started
-        while not stop.is_set() and not killed:
+        # two RUNNING at once is the direct evidence that the pool runs candidates in parallel; killing one of
+        # them crashes a run mid-evaluation, not before it started
+        while not stop.is_set() and len(list(meet.glob("started-*"))) < 2:
+            time.sleep(0.2)
+        try:
             running = [r for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]},
                                                   state={"type": {"any_": ["RUNNING"]}}) if r["infrastructure_pid"]]
-            if len(running) >= 2:
-                both_running.append([r["name"] for r in running])
+            both_running.append([r["name"] for r in running])
+            if running:
                 os.kill(int(str(running[0]["infrastructure_pid"]).split(":")[-1]), signal.SIGKILL)
                 killed.append(running[0])
-                return
-            time.sleep(0.2)
+        finally:
+            (meet / "release").write_text("")
 
     killer = threading.Thread(target=kill_a_candidate_once_two_run_at_once, daemon=True)
     killer.start()
-    # each candidate evaluates for long enough (32 examples a task) that the two the pool starts together
-    # overlap despite their processes' start-up jitter (seconds apart on 2 busy cores)
     sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.runtime.executor=deployment",
                         "evomerge.population=4", "evomerge.generations=1", "evomerge.runtime.run_retries=1",
-                        "evomerge.runtime.poll_s=0.5", "evomerge.candidate_eval.n_examples=32",
-                        "evomerge.candidate_eval.ppl_tokens=2048", "evomerge.gates.perplexity=100"]
+                        "evomerge.runtime.poll_s=0.5", "evomerge.gates.perplexity=100"]
             for a in ("--set", o)]
     r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)
     stop.set()
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{stack.log('worker-gpu')}"
     assert len(killed) == 1 and len(both_running[0]) == 2, (both_running, stack.log("worker-gpu"))
+    held = {p.name for p in meet.glob("started-*")}
+    assert f"started-{str(killed[0]['infrastructure_pid']).split(':')[-1]}" in held, held
 
     runs = stack.flow_runs(tags={"all_": ["evomerge-candidate"]})
     states = sorted(x["state_type"] for x in runs)
