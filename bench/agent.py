@@ -1,18 +1,20 @@
 """Benchmark: the agent runtime on the default model, prompted (its instructions as the preface, no training):
 the numbers the baking stage must then reach without the prompt.
 
-1. Calculator: arithmetic accuracy on the test families without tools (the suite's greedy answers) and
-   with the runtime (instructions + the same prompts, the tool loop), the call rate, call validity (calls that
-   return a number) and the false-call rate on recall and instruction prompts (calls where none is needed).
+1. Calculator: arithmetic accuracy on the test families without tools (the suite's 1-shot prompt, greedy) and
+   with the runtime's instructions as the preface and the tool loop, in two conditions: the same prompt (its
+   shot solves by hand) and the shot's steps written as calls (a demonstration); call rate, call validity
+   (calls that return a number) and the false-call rate on recall and instruction prompts (no call needed).
 2. Memory across sessions: episode 1 shows a record set and asks to remember it (`mem_write`); episode 2, a
-   new context in the same session, asks for one value (`mem_read`). Write rate, read rate, recall accuracy;
-   beside the in-context baseline (records and question in one prompt).
+   new context in the same session, asks for one value (`mem_read`); with the instructions alone and with
+   one demonstrated exchange. Write rate, read rate, recall accuracy; beside the in-context baseline
+   (records and question in one prompt).
 3. Retrieval: cloze questions from held-out pydoc topics (a passage's rarest word blanked): recall@1/@3 of
    the index (BM25; BM25+dense fused) for the cloze text, and exact match closed-book vs with the top passages
    inserted (`<docs>`).
 4. Server: time to first token, tokens/s and requests/s at 1 and 4 concurrent clients over HTTP (streaming),
    beside plain `transformers` generate on the same prompts.
-Writes bench/results/agent.json. Usage: python bench/agent.py [--n 128] [--store DIR]
+Writes bench/results/agent.json. Usage: python bench/agent.py [--n 128] [--n-memory 64] [--parts calculator,memory,retrieval,server] [--store DIR]
 """
 from __future__ import annotations
 
@@ -51,53 +53,80 @@ def acc(xs) -> dict:
     return {"value": k / max(len(xs), 1), "se": standard_error(k, len(xs)), "n": len(xs)}
 
 
+STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+
+
+def as_tool_demo(prompt: str) -> str:
+    """The same few-shot prompt with each worked step of its shot written as a calculator call."""
+    return STEP.sub(lambda m: f"<calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", prompt)
+
+
+def tool_run(model, tok, rt: Runtime, items, prompt_of, arith) -> dict:
+    correct, calls, valid = [], [], []
+    for p, ex in items:
+        g = generate(model, tok, f"{rt.preface()}\n\n{prompt_of(p)}", rt.tools, max_new_tokens=48,
+                     max_calls=rt.spec.max_calls)
+        correct.append(arith.check(strip_markup(g.text), ex))
+        calc = [r for c, r in g.calls if c.tool == "calc"]
+        calls.append(bool(calc))
+        valid += [bool(re.fullmatch(r"-?\d+(\.\d+)?", r)) for r in calc]
+    return {"accuracy": acc(correct), "call_rate": acc(calls), "call_validity": acc(valid)}
+
+
 def calculator(model, tok, rt: Runtime, n: int) -> dict:
+    """Arithmetic without tools (the suite's 1-shot prompt, greedy), then with the runtime's instructions as the
+    preface: (a) the same 1-shot prompt, whose shot solves by hand; (b) the shot's steps written as calls."""
     arith = get_task("arithmetic")
     items = with_shots(arith, "test", n, 1, 1234)
     plain = greedy_complete(model, tok, [p for p, _ in items], 48, 16)
-    head = rt.preface()
-    with_tools, calls, valid = [], 0, []
-    for p, ex in items:
-        g = generate(model, tok, f"{head}\n\n{p}", rt.tools, max_new_tokens=48, max_calls=rt.spec.max_calls)
-        with_tools.append(arith.check(strip_markup(g.text), ex))
-        calc = [r for c, r in g.calls if c.tool == "calc"]
-        calls += bool(calc)
-        valid += [bool(re.fullmatch(r"-?\d+(\.\d+)?", r)) for r in calc]
+    out = {"accuracy_without_tools": acc(arith.check(c, ex) for c, (_, ex) in zip(plain, items)),
+           "instructions_only": tool_run(model, tok, rt, items, lambda p: p, arith),
+           "instructions_and_tool_demo": tool_run(model, tok, rt, items, as_tool_demo, arith)}
     false_calls = []
     for name in ("recall", "instruction"):
         for p, _ in with_shots(get_task(name), "test", n // 2, 1, 1234):
-            g = generate(model, tok, f"{head}\n\n{p}", rt.tools, max_new_tokens=24, max_calls=rt.spec.max_calls)
+            g = generate(model, tok, f"{rt.preface()}\n\n{p}", rt.tools, max_new_tokens=24, max_calls=rt.spec.max_calls)
             false_calls.append(bool(g.calls))
-    return {"accuracy_without_tools": acc(arith.check(c, ex) for c, (_, ex) in zip(plain, items)),
-            "accuracy_with_calculator": acc(with_tools), "call_rate": acc([True] * calls + [False] * (n - calls)),
-            "call_validity": acc(valid), "false_call_rate": acc(false_calls)}
+    out["false_call_rate"] = acc(false_calls)
+    return out
+
+
+MEMORY_DEMO = ("Q: Remember these records for later: fox=12; owl=40.\n"
+               "A: <mem_write>fox=12</mem_write><result>stored</result> <mem_write>owl=40</mem_write><result>stored</result> Done.\n\n"
+               "Q: What is the value of owl you remembered?\nA: <mem_read>owl</mem_read><result>40</result> 40\n\n")
 
 
 def memory(model, tok, rt: Runtime, n: int) -> dict:
+    """Episode 1 shows records and asks to remember them; episode 2 (a new context, same session) asks for one.
+    With the instructions alone, and with a one-exchange demonstration of both tools before each episode."""
     from agent_forge_core.evals.tasks import _WORDS, Example
 
-    rng = random.Random(7)
     recall = get_task("recall")
-    writes, reads, correct, baseline = [], [], [], []
-    head = rt.preface()
-    for i in range(n):
-        pairs = {k: str(rng.randint(10, 99)) for k in rng.sample(_WORDS, 4)}
-        key = rng.choice(list(pairs))
-        ex = Example("", f" {pairs[key]}", pairs[key])
-        rt.memory.session = f"bench-{i}"  # a fresh session per record set
-        rt.memory.clear()
-        records = "; ".join(f"{k}={v}" for k, v in pairs.items())
-        g1 = generate(model, tok, f"{head}\n\nQ: Remember these records for later: {records}.\nA:", rt.tools,
-                      max_new_tokens=64, max_calls=8)
-        writes.append(any(c.tool == "mem_write" for c, _ in g1.calls))
-        g2 = generate(model, tok, f"{head}\n\nQ: What is the value of {key} you remembered?\nA:", rt.tools,
-                      max_new_tokens=24, max_calls=rt.spec.max_calls)
-        reads.append(any(c.tool == "mem_read" for c, _ in g2.calls))
-        correct.append(recall.check(strip_markup(g2.text), ex))
-        ctx = greedy_complete(model, tok, [f"Q: Records: {records}. What is the value of {key}?\nA:"], 8, 1)[0]
-        baseline.append(recall.check(ctx, ex))
-    return {"write_rate": acc(writes), "read_rate": acc(reads), "cross_session_recall": acc(correct),
-            "in_context_recall": acc(baseline)}
+    out = {}
+    baseline = []
+    for cond, demo in (("instructions_only", ""), ("instructions_and_tool_demo", MEMORY_DEMO)):
+        rng = random.Random(7)
+        writes, reads, correct = [], [], []
+        for i in range(n):
+            pairs = {k: str(rng.randint(10, 99)) for k in rng.sample([w for w in _WORDS if w not in ("fox", "owl")], 4)}
+            key = rng.choice(list(pairs))
+            ex = Example("", f" {pairs[key]}", pairs[key])
+            rt.memory.session = f"bench-{cond}-{i}"  # a fresh session per record set
+            rt.memory.clear()
+            records = "; ".join(f"{k}={v}" for k, v in pairs.items())
+            g1 = generate(model, tok, f"{rt.preface()}\n\n{demo}Q: Remember these records for later: {records}.\nA:",
+                          rt.tools, max_new_tokens=64, max_calls=8)
+            writes.append(any(c.tool == "mem_write" for c, _ in g1.calls))
+            g2 = generate(model, tok, f"{rt.preface()}\n\n{demo}Q: What is the value of {key} you remembered?\nA:",
+                          rt.tools, max_new_tokens=24, max_calls=rt.spec.max_calls)
+            reads.append(any(c.tool == "mem_read" for c, _ in g2.calls))
+            correct.append(recall.check(strip_markup(g2.text), ex))
+            if not demo:
+                ctx = greedy_complete(model, tok, [f"Q: Records: {records}. What is the value of {key}?\nA:"], 8, 1)[0]
+                baseline.append(recall.check(ctx, ex))
+        out[cond] = {"write_rate": acc(writes), "read_rate": acc(reads), "cross_session_recall": acc(correct)}
+    out["in_context_recall"] = acc(baseline)
+    return out
 
 
 def cloze_questions(passages, n: int, seed: int = 0):
@@ -201,6 +230,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--store", default=".forge/bench-store")
+    ap.add_argument("--n-memory", type=int, default=64, help="record sets per memory condition")
+    ap.add_argument("--parts", default="calculator,memory,retrieval,server")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -210,16 +241,20 @@ def main() -> None:
     model, tok = load_model(str(ctx.store.get(key)))
     with tempfile.TemporaryDirectory() as tmp:
         rt = Runtime.open(None, model, tok, AgentSettings(memory=f"{tmp}/memory.sqlite", index_dir=f"{tmp}/idx"))
-        result = {"model": s.model.source, "n": args.n}
-        for name, fn in (("calculator", lambda: calculator(model, tok, rt, args.n)),
-                         ("memory", lambda: memory(model, tok, rt, args.n)),
-                         ("retrieval", lambda: retrieval(model, tok, args.n)),
-                         ("server", lambda: server_speed(model, tok, rt))):
+        out = Path("bench/results/agent.json")
+        # a part not run keeps its numbers from the previous run
+        result = json.loads(out.read_text()) if out.is_file() else {}
+        result |= {"model": s.model.source, "n": args.n, "n_memory": args.n_memory}
+        parts = {"calculator": lambda: calculator(model, tok, rt, args.n),
+                 "memory": lambda: memory(model, tok, rt, args.n_memory),
+                 "retrieval": lambda: retrieval(model, tok, args.n),
+                 "server": lambda: server_speed(model, tok, rt)}
+        for name in args.parts.split(","):
+            fn = parts[name]
             t0 = time.time()
             result[name] = fn()
             result[name]["wall_s"] = time.time() - t0
             print(name, json.dumps(result[name], indent=1), flush=True)
-    out = Path("bench/results/agent.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from agent_forge_core.agent.calculator import CalculatorError, calculate
 from agent_forge_core.agent.markup import find_call, strip_markup, wrap
@@ -163,3 +165,41 @@ def test_a_checkpoint_with_a_runtime_is_evaluated_with_its_tools(tiny_settings, 
     (key,) = run_stage_on("import", [], make_context(s)).outputs
     assert seen["complete"] is not None and "runtime.json" in make_context(s).store.manifest(key).files
 
+
+
+def test_a_token_that_runs_past_a_closing_tag_is_taken_back(tiny, monkeypatch):
+    """BPE merges such as `><` end a call mid-token; the runtime takes that token back (text, ids and cache) so
+    the model reads `</calc><result>…` exactly as when the tag ends on a token boundary."""
+    import copy
+
+    import agent_forge_core.agent.generate as g
+    from agent_forge_core.agent.tools import calculator_tool
+
+    model, tok = copy.deepcopy(tiny[0]), copy.deepcopy(tiny[1])
+    tok.add_tokens(["><"])
+    model.resize_token_embeddings(len(tok))
+    script = tok(" <calc>17*3</calc", add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("><")]
+    real_next = g._next_token
+
+    def scripted(use_cache):
+        it = iter(script)
+        monkeypatch.setattr(g, "_next_token", lambda logits, t, gen: next(it, None) or real_next(logits, t, gen))
+        return g.generate(model, tok, "Q: What is 17 times 3?\nA:", {"calc": calculator_tool()}, max_new_tokens=20,
+                          stop_at_newline=False, use_cache=use_cache)
+
+    a, b = scripted(True), scripted(False)
+    assert a.text.startswith(" <calc>17*3</calc><result>51</result>") and "<<" not in a.text, a.text
+    assert [r for _, r in a.calls] == ["51"] and a.text == b.text and a.model_tokens == b.model_tokens == 20
+
+
+def test_dense_embeddings_are_the_mean_of_the_last_hidden_states_whatever_the_batching(tiny):
+    from agent_forge_core.agent.retrieval.dense import embed
+
+    model, tok = tiny
+    texts = ["Alice has 3 apples.", "Q: What is 17 times 3?\nA: 51", "x"]
+    batched = embed(model, tok, texts, batch_size=2)
+    for text, row in zip(texts, batched):
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].float().mean(0)
+        assert np.allclose(row, torch.nn.functional.normalize(h, dim=-1).numpy(), atol=1e-5)

@@ -59,6 +59,7 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
     out = Generation(text=prefix)
     scanned = _pending_from(prefix, known)  # offset in out.text after which calls are looked for
     past, pending_ids = None, ids
+    last_piece = ""  # the text the model's latest token added
     emit = on_event or (lambda e: None)
 
     def feed(new: torch.Tensor) -> torch.Tensor:
@@ -79,6 +80,7 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
             scanned += call.end
             emit(Event("call", out.text[start:scanned]))
             if call.tool in pause_on:
+                out.text = out.text[:scanned]
                 out.pending, out.finish = call, "tool_calls"
                 return out
             tool = tools[call.tool]
@@ -89,9 +91,19 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
                 result, inserted = "error: call limit reached", wrap(RESULT, "error: call limit reached")
             out.calls.append((call, result))
             emit(Event("result", inserted))
+            refeed = ""
+            overrun = len(out.text) - scanned  # text the call's last token wrote past its closing tag
+            if 0 < overrun <= len(last_piece):
+                # that token is taken back (text, ids, cache) and the tag's end fed again with the result, so
+                # the model reads `</calc><result>` and not e.g. `</calc><<result>`
+                out.text, refeed = out.text[:scanned], last_piece[:len(last_piece) - overrun]
+                ids = ids[:, :-1]
+                if past is not None:
+                    past.crop(-1)  # one token off the end (old and new transformers agree on negatives)
             out.text += inserted
             scanned = len(out.text)
-            logits = feed(tokenizer(inserted, add_special_tokens=False, return_tensors="pt").input_ids.to(device))
+            last_piece = ""
+            logits = feed(tokenizer(refeed + inserted, add_special_tokens=False, return_tensors="pt").input_ids.to(device))
             continue
         if out.model_tokens >= max_new_tokens:
             out.finish = "length"
@@ -108,6 +120,7 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
                 emit(Event("text", piece))
             return out
         out.text += piece
+        last_piece = piece
         emit(Event("text", piece))
         logits = feed(torch.tensor([[tok]], device=device))
 
