@@ -43,7 +43,7 @@ def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, keys: dict
         )
         merged = merge_lora(peft_model)
         folder = save_model(merged, tok, ctx.work_dir / f"cognate-{focus}-{uuid.uuid4().hex}")
-        ctx.log.info("cognate[%s]: loss %.3f -> %.3f over %d steps", focus, stats.first_loss, stats.last_loss, stats.steps)
+        ctx.log.info("cognate[%s]: batch loss (replay text included) %.3f -> %.3f, first vs last 10%% of %d steps", focus, stats.first_loss, stats.last_loss, stats.steps)
         yield Built(
             variant=focus, folder=folder, parent=parent, model=merged, tokenizer=tok,
             info={"focus": focus, "focus_metric": FOCUSES[focus].metric, "train": stats.__dict__},

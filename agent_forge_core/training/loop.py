@@ -14,7 +14,7 @@ import torch
 @dataclass
 class TrainStats:
     steps: int
-    first_loss: float
+    first_loss: float  # mean of the first 10% of steps (one step is too noisy when batches mix data kinds)
     last_loss: float  # mean of the last 10% of steps
     trainable_params: int
 
@@ -60,5 +60,6 @@ def train(
         if progress and (step % 5 == 0 or step == steps - 1):
             progress((step + 1) / steps, f"step {step + 1}/{steps} loss {loss.item():.3f}")
     model.eval()
-    tail = losses[-max(1, steps // 10):]
-    return TrainStats(steps, losses[0], sum(tail) / len(tail), sum(p.numel() for p in params))
+    span = max(1, steps // 10)
+    head, tail = losses[:span], losses[-span:]
+    return TrainStats(steps, sum(head) / len(head), sum(tail) / len(tail), sum(p.numel() for p in params))
