@@ -3,8 +3,8 @@
 Part 1 (quality, n = eval.n_examples per task): the combined score (the search's fitness formula,
 `evomerge.fitness`) with its standard error, of the base model, each cognate alone, a uniform linear merge
 of the cognates, and the EvoMerge winner (searched on the validation split only), on the test split (test
-phrasing families) and on the validation split (validation families); the generalization gap is their
-difference.
+phrasing families) and, but the base, on the validation split (validation families, `--validation-n`
+examples per task); the generalization gap is their difference.
 Part 2 (throughput, the default model's cognates, float32): GB/s read for our streaming merge, for a plain
 safetensors read of the inputs plus write of one output (the I/O floor), and for mergekit 0.1.5 on the
 same YAML; methods linear, ties, dare_ties, slerp; the relative difference to mergekit's tensors is also
@@ -13,7 +13,7 @@ reported (DARE's random drops differ by design).
 The store defaults to .forge/bench-store and is kept: import/cognate/evomerge checkpoints are reused by
 key, so a rerun only recomputes what changed. Writes bench/results/evomerge.json and
 bench/results/evomerge_fitness.png.
-Usage: python bench/evomerge.py [--store DIR] [--skip-quality] [--skip-throughput] [--set k=v ...]
+Usage: python bench/evomerge.py [--store DIR] [--skip-quality] [--skip-throughput] [--validation-n N] [--set k=v ...]
 """
 from __future__ import annotations
 
@@ -40,11 +40,13 @@ from agent_forge_core.stages.runner import run_stage_on
 RESULTS = Path("bench/results")
 
 
-def quality(ctx, imp, cog, evo) -> dict:
-    """Every model on the test families (what the report shows) and on the validation families (what the
-    search optimized); the generalization gap is validation minus test."""
+def quality(ctx, imp, cog, evo, validation_n: int | None = None) -> dict:
+    """Every model on the test families (what the report shows) and, but the base, on the validation families
+    (what the search optimized; `validation_n` examples per task); the generalization gap is validation minus
+    test."""
     s = ctx.settings
     w = s.evomerge.fitness
+    val_eval = s.eval.model_copy(update={"n_examples": validation_n or s.eval.n_examples})
     rows = [{"model": "base", "key": imp.outputs[0], "test": imp.metrics[imp.outputs[0]]}]
     for k in cog.outputs:
         rows.append({"model": f"cognate:{cog.info[k]['focus']}", "key": k, "test": cog.metrics[k]})
@@ -59,13 +61,15 @@ def quality(ctx, imp, cog, evo) -> dict:
             model, tok = load_model(str(Path(tmp) / "m") if r["key"] == "-" else str(ctx.store.get(r["key"])))
             if "test" not in r:
                 r["test"] = evaluate(model, tok, s.eval)
-            r["validation"] = evaluate(model, tok, s.eval, split="validation")
+            if r["model"] != "base":
+                r["validation"] = evaluate(model, tok, val_eval, split="validation")
             del model
     for r in rows:
         for split in ("test", "validation"):
-            r[f"{split}_score"] = combined_score(r[split], w)
-            r[f"{split}_score_se"] = score_se(r[split], w)
-        r["gap"] = r["validation_score"] - r["test_score"]
+            if split in r:
+                r[f"{split}_score"] = combined_score(r[split], w)
+                r[f"{split}_score_se"] = score_se(r[split], w)
+        r["gap"] = r["validation_score"] - r["test_score"] if "validation" in r else None
     cols = ["perplexity", "perplexity_ood", "arithmetic", "recall", "instruction"]
 
     def cell(m, c):
@@ -73,8 +77,9 @@ def quality(ctx, imp, cog, evo) -> dict:
 
     print(f"\n{'model (test families)':<24}" + "".join(f"{c:>15}" for c in cols) + f"{'score':>16}{'val score':>11}{'gap':>8}")
     for r in rows:
+        val = f"{r['validation_score']:>11.3f}{r['gap']:>8.3f}" if r["gap"] is not None else f"{'-':>11}{'-':>8}"
         print(f"{r['model']:<24}" + "".join(f"{cell(r['test'], c):>15}" for c in cols)
-              + f"{r['test_score']:>9.3f}±{r['test_score_se']:.3f}{r['validation_score']:>11.3f}{r['gap']:>8.3f}")
+              + f"{r['test_score']:>9.3f}±{r['test_score_se']:.3f}" + val)
     win = rows[-1]
     others = rows[1:-1]
     beats = {r["model"]: win["test_score"] > r["test_score"] for r in others}
@@ -158,6 +163,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--validation-n", type=int, default=None, help="examples per task on the validation families "
+                    "(default: eval.n_examples)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     s = load_settings(overrides=[f"store.url={args.store}/store", f"work_dir={args.store}/work", "evomerge.enabled=true",
@@ -176,7 +183,7 @@ def main() -> None:
     if not args.skip_quality:
         evo = run_stage_on("evomerge", cog.outputs, ctx)
         t2 = time.time()
-        result["quality"] = quality(ctx, imp, cog, evo)
+        result["quality"] = quality(ctx, imp, cog, evo, args.validation_n)
         result["wall_s"] = {"import+cognate (reused if stored)": t1 - t0, "evomerge (search + winner eval)": t2 - t1}
         shutil.copyfile(ctx.store.get(evo.outputs[0]) / "fitness.png", RESULTS / "evomerge_fitness.png")
     if not args.skip_throughput:
