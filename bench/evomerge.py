@@ -184,6 +184,7 @@ def main() -> None:
         evo = run_stage_on("evomerge", cog.outputs, ctx)
         t2 = time.time()
         result["quality"] = quality(ctx, imp, cog, evo, args.validation_n)
+        result["validation_n"] = args.validation_n or s.eval.n_examples
         result["wall_s"] = {"import+cognate (reused if stored)": t1 - t0, "evomerge (search + winner eval)": t2 - t1}
         shutil.copyfile(ctx.store.get(evo.outputs[0]) / "fitness.png", RESULTS / "evomerge_fitness.png")
     if not args.skip_throughput:
