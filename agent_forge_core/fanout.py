@@ -35,11 +35,11 @@ class Job:
     fn: Callable[[Any, Request], Result]  # (settings, request) -> JSON-able result; settings.device says where
     result_path: Callable[[Request], str]  # where in the store its result is kept
     lost: Callable[[BaseException], Result]  # the result of a job whose run was lost for good
-    label: str = "job"  # run names: f"{label}-{request['id']}"
+    label: str = "job"  # run names: f"{label}-{request['id']}" (a request's own "label" wins)
     tag: str = ""  # Prefect tag of its runs (operators can put a tag concurrency limit on it)
 
     def run_name(self, request: Request) -> str:
-        return f"{self.label}-{request['id']}"
+        return f"{request.get('label', self.label)}-{request['id']}"
 
 
 def run_job(job: Job, settings, request: Request) -> Result:

@@ -87,9 +87,13 @@ def quality(ctx, imp, cog, evo, validation_n: int | None = None) -> dict:
               for r in others}
     best_cognate = max((r for r in others if r["model"].startswith("cognate")), key=lambda r: r["test_score"])
     print(f"winner beats (test score): {beats}; beyond noise: {beyond}; best single cognate: {best_cognate['model']}")
+    for f in evo.info[key].get("finalists", []):
+        print(f"finalist {f['index']}: {f['recipe']['merge_method']}, search score {f['search_fitness']:.4f}, "
+              f"full-eval validation score {f['fitness']:.4f}")
     return {"rows": rows, "winner_beats": beats, "winner_beats_beyond_noise": beyond,
             "best_single_cognate": best_cognate["model"], "per_generation": evo.info[key]["per_generation"],
-            "candidates": evo.info[key]["candidates"], "fitness_weights": w}
+            "candidates": evo.info[key]["candidates"], "finalists": evo.info[key].get("finalists", []),
+            "fitness_weights": w}
 
 
 def _recipes(base: str, cogs: list[str]) -> dict[str, dict]:

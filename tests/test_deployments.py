@@ -182,7 +182,8 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
     killer = threading.Thread(target=kill_a_candidate_once_two_run_at_once, daemon=True)
     killer.start()
     sets = [a for o in [*forge_overrides, "evomerge.enabled=true", "evomerge.runtime.executor=deployment",
-                        "evomerge.population=4", "evomerge.generations=1", "evomerge.runtime.run_retries=1",
+                        "evomerge.population=4", "evomerge.generations=1", "evomerge.finalists=1",
+                        "evomerge.runtime.run_retries=1",
                         "evomerge.runtime.poll_s=0.5", "evomerge.gates.perplexity=100"]
             for a in ("--set", o)]
     r = stack.cli("run", *sets, env=stack.env(**S3_ENV), timeout=600)

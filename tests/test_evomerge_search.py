@@ -135,3 +135,47 @@ def test_resume_after_a_kill_does_not_reevaluate(tmp_path):
     # the resumed run asks what an uninterrupted run asks (one slot: deterministic)
     ref = run_search(space, c, ThreadEvaluator(fake_fitness([])), CheckpointStore(str(tmp_path / "s2")), "run1")
     assert [x["genome"] for x in ref.candidates] == [x["genome"] for x in h.candidates]
+
+
+def test_generation_0_scores_the_centre_and_each_input_alone(tmp_path):
+    c = cfg(population=6, generations=1)
+    space = GenomeSpace(MODELS, "base", c)
+    h = run_search(space, c, ThreadEvaluator(fake_fitness([])), CheckpointStore(str(tmp_path / "store")), "run1")
+    recipes = [x["recipe"] for x in h.candidates]
+    assert h.candidates[0]["genome"] == space.center()
+    for m, r in enumerate(recipes[1:4]):
+        # a linear merge with one non-zero weight is that model (linear normalizes the weights)
+        assert r["merge_method"] == "linear"
+        assert [e["parameters"]["weight"] for e in r["models"]] == [1.2 if i == m else 0.0 for i in range(3)]
+    assert cfg(seed_inputs=False).seed_inputs is False
+    assert GenomeSpace(MODELS, "base", cfg(weight_bounds="[0.1,1.2]")).alone(0) is None  # cannot be alone
+
+
+def test_finalists_are_rescored_with_the_full_eval_and_the_best_rescore_wins(tmp_path):
+    from agent_forge_core.evomerge.search import rescore_finalists
+
+    store = CheckpointStore(str(tmp_path / "store"))
+    c = cfg(population=6, generations=2, finalists=3)
+    space = GenomeSpace(MODELS, "base", c)
+    search = fake_fitness([])
+    rescored = []
+
+    def fn(req):
+        out = search(req)
+        if req.get("finalist"):  # the full eval disagrees with the small sample: it reverses the order
+            rescored.append(req["id"])
+            out = {**out, "fitness": -out["fitness"]}
+        return out
+
+    pool = ThreadEvaluator(fn)
+    h = run_search(space, c, pool, store, "run1")
+    top = h.top(3)
+    assert [x["fitness"] for x in top] == sorted((x["fitness"] for x in top), reverse=True)
+    assert len({str(x["recipe"]) for x in top}) == 3  # distinct recipes
+    win = rescore_finalists(h, c, pool, store, "run1")
+    assert sorted(rescored) == sorted(x["index"] for x in top)
+    assert win["index"] == top[-1]["index"] and win["finalist_fitness"] == -top[-1]["fitness"]  # not the luckiest
+    assert [f["index"] for f in h.finalists][0] == win["index"]
+    assert load_history(store, "run1", space.dim).finalists == h.finalists  # kept with the history
+    one = rescore_finalists(h, cfg(finalists=1), pool, store, "run1")
+    assert one["index"] == h.best()["index"] and len(rescored) == 3  # finalists=1: no re-scoring

@@ -52,7 +52,12 @@ def test_evomerge_stage_end_to_end(overrides, tmp_path, monkeypatch):
     assert [c["index"] for c in crashed] == [1] and "injected crash" in crashed[0]["error"]
     ok = [c for c in cands if c["status"] == "ok"]
     assert all(set(c["metrics"]) >= {"perplexity", "recall"} for c in ok)
-    assert m.info["validation_score"] == max(c["fitness"] for c in ok)
+    # the three best distinct recipes were scored again with the full eval; the best re-score won
+    finalists = m.info["finalists"]
+    assert len(finalists) == 3 and [f["fitness"] for f in finalists] == sorted((f["fitness"] for f in finalists), reverse=True)
+    assert {f["search_fitness"] for f in finalists} <= {c["fitness"] for c in ok}
+    assert m.info["validation_score"] == finalists[0]["fitness"] and m.info["recipe"] == finalists[0]["recipe"]
+    assert len(list((tmp_path / "store" / "evomerge").glob("*/finalists/*.json"))) == 3  # stored: never twice
     # two slots: candidates overlapped, never more than two at once
     timed = [c for c in cands if "started_at" in c]  # a crashed run reports no times
     events = sorted([(c["started_at"], 1) for c in timed] + [(c["finished_at"], -1) for c in timed])

@@ -33,10 +33,14 @@ log = logging.getLogger("agent_forge.evomerge")
 
 
 def result_path(request: dict[str, Any]) -> str:
-    return f"evomerge/{request['run_id']}/candidates/{int(request['id']):05d}.json"
+    kind = "finalists" if request.get("finalist") else "candidates"
+    return f"evomerge/{request['run_id']}/{kind}/{int(request['id']):05d}.json"
 
 
-def candidate_eval_settings(settings):
+def candidate_eval_settings(settings, request: dict[str, Any] | None = None):
+    """A candidate is scored on `evomerge.candidate_eval`'s sample; a finalist with the stage's full eval."""
+    if request and request.get("finalist"):
+        return settings.eval
     c = settings.evomerge.candidate_eval
     return settings.eval.model_copy(update={"n_examples": c.n_examples, "ppl_tokens": c.ppl_tokens})
 
@@ -52,7 +56,7 @@ def evaluate_candidate(settings, request: dict[str, Any]) -> dict[str, Any]:
         folders = {k: store.get(k) for k in recipe.referenced_models()}
         run_merge(recipe, work, folders)
         model, tok = load_model(str(work), device=str(resolve_device(settings.device)))
-        metrics = evaluate(model, tok, candidate_eval_settings(settings), split="validation")
+        metrics = evaluate(model, tok, candidate_eval_settings(settings, request), split="validation")
         del model
     except Exception as exc:
         log.warning("candidate %s failed: %s: %s", request["id"], type(exc).__name__, exc)

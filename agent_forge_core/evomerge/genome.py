@@ -48,6 +48,22 @@ class GenomeSpace:
     def center(self) -> list[float]:
         return [0.5] * self.dim
 
+    def alone(self, model: int) -> list[float]:
+        """The genome of one input model by itself: `linear`, that model's weight at the top of its range,
+        every other weight 0 (None when `linear` is not allowed or a weight cannot be 0)."""
+        methods = self.methods
+        if "linear" not in methods or self.cfg.weight_bounds[0] != 0:
+            return None
+        x = [0.5] * self.dim
+        i = 0
+        if len(methods) > 1:
+            x[: len(methods)] = [1.0 if m == "linear" else 0.0 for m in methods]
+            i = len(methods)
+        nb = self.cfg.bands
+        for m in range(len(self.models)):
+            x[i + m * nb: i + (m + 1) * nb] = [1.0 if m == model else 0.0] * nb
+        return x
+
     def decode(self, x: list[float]) -> Recipe:
         x = [min(1.0, max(0.0, float(v))) for v in x]
         if len(x) != self.dim:

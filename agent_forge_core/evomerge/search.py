@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..fanout import Pool
+from ..fanout import Pool, fanout_map
 from ..store import CheckpointStore
 from ..errors import ForgeError
 from .fitness import WORST
@@ -50,6 +50,7 @@ class History:
     dim: int
     candidates: list[dict[str, Any]] = field(default_factory=list)  # told candidates, in told order
     generations: list[list[int]] = field(default_factory=list)  # candidate indices told per generation
+    finalists: list[dict[str, Any]] = field(default_factory=list)  # the best candidates re-scored (`rescore_finalists`)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
@@ -63,6 +64,16 @@ class History:
                 f"{first['error'] if first else 'none recorded'}; every candidate's status is in {where or 'the history'}. "
                 "Failures are not stored: fix the cause and rerun to evaluate them again")
         return max(ok, key=lambda c: c["fitness"])
+
+    def top(self, k: int) -> list[dict[str, Any]]:
+        """The k best scored candidates with distinct recipes, best first."""
+        seen, out = set(), []
+        for c in sorted((c for c in self.candidates if c["status"] == "ok"), key=lambda c: -c["fitness"]):
+            recipe = json.dumps(c["recipe"], sort_keys=True)
+            if recipe not in seen:
+                seen.add(recipe)
+                out.append(c)
+        return out[:k]
 
     def per_generation(self) -> list[dict[str, float]]:
         by_index = {c["index"]: c for c in self.candidates}
@@ -147,7 +158,11 @@ def run_search(
     if gen < cfg.generations:
         queue = opt.ask(gen)
         if gen == 0:
-            queue[0] = space.center()
+            seeds = [space.center()]
+            if cfg.seed_inputs:
+                seeds += [g for g in (space.alone(m) for m in range(len(space.models))) if g is not None]
+            seeds = seeds[: len(queue)]
+            queue[: len(seeds)] = seeds
     inflight: dict[Any, dict[str, Any]] = {}
     arrived: list[dict[str, Any]] = []
     budget = cfg.population * cfg.generations - len(history.candidates)
@@ -182,3 +197,30 @@ def run_search(
             if gen < cfg.generations:
                 queue = opt.ask(gen)[: max(0, cfg.population - len(inflight) - len(arrived))]
     return history
+
+
+def rescore_finalists(history: History, cfg, pool: Pool, store: CheckpointStore, run_id: str, log=None) -> dict[str, Any]:
+    """Against the winner's curse: the best of many candidates scored on a small sample (`candidate_eval`) is
+    the best partly by luck, so the `cfg.finalists` best distinct recipes are scored again on the validation
+    split with the full eval, and the best re-score wins. Each re-score is a job of the same fan-out (stored,
+    never evaluated twice); the results go into the history. Returns the winning candidate with
+    `finalist_fitness` and `finalist_metrics`."""
+    top = history.top(cfg.finalists)
+    if len(top) < 2:
+        return top[0] if top else history.best()
+    requests = [{"run_id": run_id, "id": c["index"], "finalist": True, "label": "finalist", "genome": c["genome"],
+                 "recipe": c["recipe"], "generation": c.get("generation")} for c in top]
+    by_index = {c["index"]: c for c in top}
+    rows = []
+    for req, result in fanout_map(pool, requests):
+        c = by_index[req["id"]]
+        if result["status"] == "crashed":
+            raise EvoMergeFailed(f"re-scoring finalist {req['id']} failed: {result.get('error')}; rerun to try again")
+        rows.append({"index": c["index"], "search_fitness": c["fitness"], "fitness": result["fitness"],
+                     "metrics": result["metrics"], "recipe": c["recipe"]})
+        if log:
+            log.info("evomerge: finalist %d search score %.4f, full-eval score %.4f", c["index"], c["fitness"], result["fitness"])
+    history.finalists = sorted(rows, key=lambda r: -r["fitness"])
+    store.write_file(state_path(run_id), history.to_json().encode())
+    win = history.finalists[0]
+    return {**by_index[win["index"]], "finalist_fitness": win["fitness"], "finalist_metrics": win["metrics"]}

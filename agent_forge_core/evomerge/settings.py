@@ -32,6 +32,10 @@ class EvoMergeSettings(StageSection):
     population: int = Field(6, ge=2, description="Candidates per CMA-ES generation.")
     generations: int = Field(3, ge=1)
     sigma: float = Field(0.25, gt=0, le=1, description="Initial CMA-ES step size in the unit cube of genes.")
+    seed_inputs: bool = Field(True, description="Generation 0 also scores each input model alone (a linear recipe of "
+                              "one model), so the search measures the merges against their parts and CMA-ES learns from them.")
+    finalists: int = Field(3, ge=1, description="The best candidates re-scored on the validation split with the "
+                           "stage's full eval (`eval.n_examples` per task); the best re-score wins (1: no re-scoring).")
     seed: int = 0
     fitness: dict[str, float] = Field(
         default_factory=lambda: {"arithmetic": 1.0, "recall": 1.0, "instruction": 1.0, "perplexity": 0.5,

@@ -22,7 +22,7 @@ from ..store import CheckpointStore
 from .candidate import CANDIDATE_JOB
 from .genome import GenomeSpace
 from .plot import history_rows, plot_history
-from .search import History, run_search, state_path
+from .search import History, rescore_finalists, run_search, state_path
 from .settings import EvoMergeSettings
 
 
@@ -52,9 +52,10 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, keys: dic
                  len(inputs), base, space.methods, space.dim, cfg.population, cfg.generations, pool.slots)
     try:
         history = run_search(space, cfg, pool, ctx.store, run_id, on_generation, ctx.log)
+        history.best(ctx.store.url + "/" + state_path(run_id))  # refuses a search where every candidate failed
+        best = rescore_finalists(history, cfg, pool, ctx.store, run_id, ctx.log)
     finally:
         pool.close()
-    best = history.best(ctx.store.url + "/" + state_path(run_id))
     folder = ctx.work_dir / f"evomerge-{uuid.uuid4().hex}"
     recipe = Recipe.model_validate(best["recipe"])
     run_merge(recipe, folder, {k: ctx.store.get(k) for k in recipe.referenced_models()})  # atomic: no partial folder
@@ -66,7 +67,9 @@ def build(inputs: list[str], cfg: EvoMergeSettings, ctx: StageContext, keys: dic
     yield Built(
         variant="", folder=folder, parent=base or inputs[0],
         info={
-            "recipe": best["recipe"], "validation_score": best["fitness"], "validation_metrics": best["metrics"],
+            "recipe": best["recipe"], "validation_score": best.get("finalist_fitness", best["fitness"]),
+            "validation_metrics": best.get("finalist_metrics", best["metrics"]), "search_score": best["fitness"],
+            "finalists": history.finalists,
             "winner_candidate": best["index"], "winner_generation": best.get("generation"),
             "candidates": len(history.candidates), "failed_candidates": failed,
             "per_generation": history.per_generation(), "slots": pool.slots,
@@ -95,7 +98,7 @@ def artifacts(store: CheckpointStore, key: str) -> list[Artifact]:
 
 SPEC = StageSpec(
     name="evomerge",
-    version=1,
+    version=2,
     takes="many",
     build=build,
     settings=EvoMergeSettings,
