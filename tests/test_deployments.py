@@ -170,8 +170,14 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
         while not stop.is_set() and len(list(meet.glob("started-*"))) < 2:
             time.sleep(0.2)
         try:
-            running = [r for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]},
-                                                  state={"type": {"any_": ["RUNNING"]}}) if r["infrastructure_pid"]]
+            # both are held, so wait for the API to show them: the worker reports a run's pid after starting it
+            deadline = time.monotonic() + 120
+            while True:
+                running = [r for r in stack.flow_runs(tags={"all_": ["evomerge-candidate"]},
+                                                      state={"type": {"any_": ["RUNNING"]}}) if r["infrastructure_pid"]]
+                if len(running) >= 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             both_running.append([r["name"] for r in running])
             if running:
                 os.kill(int(str(running[0]["infrastructure_pid"]).split(":")[-1]), signal.SIGKILL)
