@@ -91,10 +91,12 @@ def test_deploy_trigger_rest_schedule_ui_and_s3(stack, deployed, forge_overrides
     assert forge["parameter_openapi_schema"]["properties"]["overrides"]["description"]
 
     # a schedule switched off in the UI stays off when someone redeploys without deploy.nightly
+    # (each redeploy keeps the gpu pool's limit of 2 that the next test's two candidates at once need)
+    keep = ["--set", DEPLOY_STORE[0], "--set", "deploy.gpu_concurrency=2"]
     api("PATCH", f"{stack.api_url}/deployments/{forge['id']}/schedules/{sched['id']}", {"active": False})
-    assert stack.cli("deploy", "--set", DEPLOY_STORE[0]).returncode == 0
+    assert stack.cli("deploy", *keep).returncode == 0
     assert api("GET", f"{stack.api_url}/deployments/{forge['id']}")["schedules"][0]["active"] is False
-    assert stack.cli("deploy", "--set", DEPLOY_STORE[0], "--set", "deploy.nightly=true").returncode == 0
+    assert stack.cli("deploy", *keep, "--set", "deploy.nightly=true").returncode == 0
     assert api("GET", f"{stack.api_url}/deployments/{forge['id']}")["schedules"][0]["active"] is True
 
     # credentials in a run's parameters are refused by the server before it stores anything (UI, REST, API)
@@ -157,6 +159,7 @@ def test_distributed_evomerge_on_a_gpu_pool_with_a_killed_run(stack, deployed, f
     # inside their job until released, so two candidates are mid-evaluation at once on any machine
     meet = tmp_path / "rendezvous"
     meet.mkdir()
+    assert api("GET", f"{stack.api_url}/work_pools/gpu")["concurrency_limit"] == 2  # else the first two never meet
     stack.start_worker("gpu", AF_TEST_RENDEZVOUS=str(meet), **S3_ENV,
                        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent / "rendezvous"),
                                                                 os.environ.get("PYTHONPATH")])))
