@@ -122,6 +122,11 @@ def cmd_eval(args) -> int:
     store = _store(args)
     model, tok = load_model(str(store.get(args.key)), device=str(resolve_device(settings.device)))
     metrics = evaluate(model, tok, settings.eval, split=args.split)
+    if settings.eval.thoughts:  # Quiet-STaR checkpoints: the same suite in thought mode, beside plain mode
+        from agent_forge_core.quietstar.evaluate import evaluate_checkpoint_thoughts
+
+        thought = evaluate_checkpoint_thoughts(model, tok, store.get(args.key), settings.eval, args.split)
+        metrics.update({f"{k}_thought": v for k, v in thought.items()})
     print(json.dumps(metrics, indent=2))
     if args.record:
         store.update_metrics(args.key, {f"{k}@{args.split}": v for k, v in metrics.items()})

@@ -91,8 +91,8 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_enabling_an_unbuilt_stage_is_refused_before_work():
-    s = load_settings(overrides=["quietstar.enabled=true"])
-    with pytest.raises(ConfigError, match=r"'quietstar' stage is not built.*set quietstar.enabled=false"):
+    s = load_settings(overrides=["loop.enabled=true"])
+    with pytest.raises(ConfigError, match=r"'loop' stage is not built.*set loop.enabled=false"):
         plan(s)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..evals.suite import suppress, suppressed_ids
 from .markup import RESULT, Call, find_call, wrap
 
 
@@ -61,6 +62,7 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
     past, pending_ids = None, ids
     last_piece = ""  # the text the model's latest token added
     emit = on_event or (lambda e: None)
+    banned = suppressed_ids(model)
 
     def feed(new: torch.Tensor) -> torch.Tensor:
         nonlocal past, ids
@@ -108,7 +110,8 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
         if out.model_tokens >= max_new_tokens:
             out.finish = "length"
             return out
-        tok = _next_token(logits, temperature, gen)
+        # tokens the checkpoint forbids (e.g. Quiet-STaR's thought tokens) are never emitted
+        tok = _next_token(suppress(logits, banned), temperature, gen)
         out.model_tokens += 1
         if tok == eos:
             return out

@@ -22,6 +22,15 @@ class EvalSettings(Section):
     data: dict[str, str] = Field(
         default_factory=dict, description="Bring your own data: task name -> JSONL file with prompt/answer rows."
     )
+    thoughts: bool = Field(
+        False, description="Also evaluate checkpoints that carry Quiet-STaR state in thought mode (think before "
+        "every token); recorded beside the plain-mode metrics, which gates and keys use.")
+
+    def identity(self) -> dict:
+        out = super().identity()
+        if not self.thoughts:  # off is the behaviour from before the option: keys written then stay valid
+            out.pop("thoughts")
+        return out
 
     @field_validator("tasks")
     @classmethod

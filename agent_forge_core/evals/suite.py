@@ -60,16 +60,31 @@ def perplexity(model, tokenizer, text: str, max_tokens: int, window: int) -> flo
     return math.exp(total / count)
 
 
-def _newline_ids(tokenizer) -> torch.Tensor:
+def newline_ids(tokenizer) -> torch.Tensor:
     vocab = tokenizer.get_vocab()
     ids = [i for i in vocab.values() if "\n" in tokenizer.decode([i])]
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
+def suppressed_ids(model) -> list[int]:
+    """Token ids the model's generation config forbids (`suppress_tokens`), as `generate` honours them."""
+    return list(getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or [])
+
+
+def suppress(logits: torch.Tensor, ids) -> torch.Tensor:
+    """`logits` with the given token ids made impossible (a copy; unchanged when `ids` is empty)."""
+    ids = list(ids)
+    if not ids:
+        return logits
+    return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))
+
+
 @torch.no_grad()
 def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions, stopped per sequence at the first newline (answers are one line)."""
-    newline = _newline_ids(tokenizer).to(model.device)
+    """Greedy completions, stopped per sequence at the first newline (answers are one line). Tokens the
+    model's generation config suppresses (e.g. Quiet-STaR's thought tokens) are never emitted."""
+    newline = newline_ids(tokenizer).to(model.device)
+    banned = suppressed_ids(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id
     out: list[str] = []
@@ -90,7 +105,7 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         for _ in range(max_new_tokens):
             res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True)
             past = res.past_key_values
-            nxt = res.logits[:, -1].argmax(-1)
+            nxt = suppress(res.logits[:, -1], banned).argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             generated.append(nxt)
             done |= torch.isin(nxt, newline) | (nxt == eos_id)

@@ -18,13 +18,14 @@ from ..errors import ConfigError
 from ..evomerge.stage import SPEC as evomerge
 from ..fanout import Job
 from ..importer.stage import SPEC as importer
+from ..quietstar.stage import SPEC as quietstar
 from .contract import StageSpec
 
 PIPELINE: tuple[StageSpec | str, ...] = (
     importer,
     cognate,
     evomerge,
-    "quietstar",
+    quietstar,
     bitnet,
     "loop",
     "baking",

@@ -7,6 +7,7 @@ import shutil
 from ..errors import GateFailed
 from ..evals.gates import enforce_gates
 from ..evals.suite import evaluate
+from ..formats.files import carry_sidecars
 from ..model_io import load_model
 from ..store import Manifest
 from .contract import StageContext, StageResult, StageSpec
@@ -23,6 +24,8 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
         n = len(missing)
         for i, built in enumerate(spec.build(list(inputs), section, ctx, missing)):
             key = keys[built.variant]
+            if built.parent:
+                carry_sidecars(ctx.store.get(built.parent), built.folder)
             model, tok = built.model, built.tokenizer
             if model is None:
                 model, tok = load_model(str(built.folder), device=str(ctx.device))
