@@ -42,7 +42,8 @@ def alternatives(value: Any) -> list[Any]:
     if isinstance(value, float):
         return [value * 1.5 + 0.1, value * 0.5]
     if isinstance(value, str):
-        return ["2bit", "exponential", "float16", "float32", "deployment", "other/name", "x.gguf", "*_proj.weight", "other"]
+        return ["2bit", "exponential", "float16", "float32", "deployment", "pause", "other/name", "x.gguf", "*_proj.weight",
+                "other"]
     if isinstance(value, tuple):
         return [[value[0], value[1] + 0.1]]
     if isinstance(value, list):
