@@ -39,7 +39,6 @@ class Thoughts:
     base_logits: torch.Tensor  # (N, L, V)
     thought_ids: torch.Tensor  # (N, L, m)
     thought_logp: torch.Tensor | None  # (N, L, m): log softmax(logits / τ_policy)[c], None without a τ_policy
-    talk_hidden: list[torch.Tensor] = field(default_factory=list)  # T × (N, L, H)
     talk_logits: list[torch.Tensor] = field(default_factory=list)  # T × (N, L, V)
     mix: list[torch.Tensor] = field(default_factory=list)  # T × (N, L, 1)
     mixed_logits: list[torch.Tensor] = field(default_factory=list)  # T × (N, L, V): column j predicts x_{j+s+1}
@@ -128,7 +127,6 @@ def _talk(res: Thoughts, state: ThoughtState, lm_head, h: torch.Tensor, s: int) 
     l0 = torch.roll(res.base_logits, -s, dims=1)
     lt = lm_head(h)
     w = state.mix_weight(h0, h)
-    res.talk_hidden.append(h)
     res.talk_logits.append(lt)
     res.mix.append(w)
     res.mixed_logits.append((1 - w) * l0 + w * lt)

@@ -3,9 +3,10 @@
 For every scored token: NLL⁰ from the base pass and NLLᵐⁱˣ from the mixed prediction after a greedy
 thought (n_talk = 1, one pass). Reported: mean NLL of held-out text and of arithmetic targets (worked
 steps and answer), the same on *hard tokens* (the 10% with the highest NLL⁰, as the paper reports its
-gains there), on the final answer's tokens, the teacher-forced answer probability Π p(answer tokens) (what
-the paper calls "accuracy" for GSM8K/CommonsenseQA: direct answer, no generation), the share of tokens a
-thought helps (NLLᵐⁱˣ < NLL⁰), and the mixing weight w (mean, 10/50/90% quantiles).
+gains there), on the final answer's tokens, the teacher-forced answer probability Π p(answer tokens) (the
+paper's "accuracy" for GSM8K/CommonsenseQA is this probability for a direct answer; ours is conditioned on
+the worked steps, which the task's format puts first), the share of tokens a thought helps
+(NLLᵐⁱˣ < NLL⁰), and the mixing weight w (mean, 10/50/90% quantiles).
 """
 from __future__ import annotations
 
