@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bitnet.py
 	$(BIN)/python bench/evomerge.py
 	$(BIN)/python bench/quietstar.py
+	$(BIN)/python bench/baking.py
 	$(BIN)/python bench/seedlm_search.py
 	$(BIN)/python bench/compression.py
 

@@ -33,6 +33,11 @@ class Section(BaseModel):
             out[field.alias or name] = _plain(value)
         return out
 
+    def departures(self, reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Settings whose value differs from a paper's or reference code's: {name: {ours, reference}}."""
+        ours = self.identity()
+        return {k: {"ours": ours[k], "reference": v} for k, v in reference.items() if ours.get(k) != v}
+
 
 class RuntimeSection(Section):
     """Settings of how a stage runs, never of what it produces: never part of a checkpoint key."""

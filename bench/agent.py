@@ -27,7 +27,6 @@ import socket
 import tempfile
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,14 +34,16 @@ import torch
 
 from agent_forge_core.agent.generate import generate
 from agent_forge_core.agent.markup import strip_markup
+from agent_forge_core.agent.retrieval.cloze import PROMPT, cloze_questions, first_word
 from agent_forge_core.agent.retrieval.corpus import pydoc_passages
 from agent_forge_core.agent.retrieval.index import RetrievalIndex, docs_text
 from agent_forge_core.agent.runtime import Runtime
 from agent_forge_core.agent.settings import AgentSettings, RuntimeSpec
+from agent_forge_core.baking.prompts import MEMORY_DEMO, as_tool_demo
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
 from agent_forge_core.evals.suite import greedy_complete, standard_error
-from agent_forge_core.evals.tasks import get_task, split_of, with_shots
+from agent_forge_core.evals.tasks import get_task, with_shots
 from agent_forge_core.model_io import load_model
 from agent_forge_core.stages.runner import run_stage_on
 
@@ -51,14 +52,6 @@ def acc(xs) -> dict:
     xs = list(xs)
     k = sum(xs)
     return {"value": k / max(len(xs), 1), "se": standard_error(k, len(xs)), "n": len(xs)}
-
-
-STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
-
-
-def as_tool_demo(prompt: str) -> str:
-    """The same few-shot prompt with each worked step of its shot written as a calculator call."""
-    return STEP.sub(lambda m: f"<calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", prompt)
 
 
 def tool_run(model, tok, rt: Runtime, items, prompt_of, arith) -> dict:
@@ -91,11 +84,6 @@ def calculator(model, tok, rt: Runtime, n: int) -> dict:
     return out
 
 
-MEMORY_DEMO = ("Q: Remember these records for later: fox=12; owl=40.\n"
-               "A: <mem_write>fox=12</mem_write><result>stored</result> <mem_write>owl=40</mem_write><result>stored</result> Done.\n\n"
-               "Q: What is the value of owl you remembered?\nA: <mem_read>owl</mem_read><result>40</result> 40\n\n")
-
-
 def memory(model, tok, rt: Runtime, n: int) -> dict:
     """Episode 1 shows records and asks to remember them; episode 2 (a new context, same session) asks for one.
     With the instructions alone, and with a one-exchange demonstration of both tools before each episode."""
@@ -104,7 +92,7 @@ def memory(model, tok, rt: Runtime, n: int) -> dict:
     recall = get_task("recall")
     out = {}
     baseline = []
-    for cond, demo in (("instructions_only", ""), ("instructions_and_tool_demo", MEMORY_DEMO)):
+    for cond, demo in (("instructions_only", ""), ("instructions_and_tool_demo", MEMORY_DEMO + "\n\n")):
         rng = random.Random(7)
         writes, reads, correct = [], [], []
         for i in range(n):
@@ -129,27 +117,6 @@ def memory(model, tok, rt: Runtime, n: int) -> dict:
     return out
 
 
-def cloze_questions(passages, n: int, seed: int = 0):
-    """From held-out topics: a sentence of a passage with its rarest word (by corpus frequency) blanked."""
-    freq = Counter(w.lower() for p in passages for w in re.findall(r"[A-Za-z]{5,}", p.text))
-    rng = random.Random(seed)
-    held = [i for i, p in enumerate(passages) if split_of("topic:" + p.source) == "test"]
-    rng.shuffle(held)
-    out = []
-    for i in held:
-        words = [w for w in re.findall(r"[A-Za-z]{5,}", passages[i].text) if freq[w.lower()] <= 3]
-        if not words:
-            continue
-        word = min(words, key=lambda w: (freq[w.lower()], w))
-        sentence = next((s for s in re.split(r"(?<=[.!?])\s+", passages[i].text) if word in s), None)
-        if sentence is None or len(sentence.split()) < 6:
-            continue
-        out.append((i, sentence.replace(word, "____", 1)[:300], word))
-        if len(out) == n:
-            break
-    return out
-
-
 def retrieval(model, tok, n: int) -> dict:
     passages = pydoc_passages()
     sparse = RetrievalIndex.build(passages, "pydoc")
@@ -165,12 +132,12 @@ def retrieval(model, tok, n: int) -> dict:
             ranks.append(ids.index(i) + 1 if i in ids else None)
         out[f"recall@1 {name}"] = acc(r == 1 for r in ranks)
         out[f"recall@3 {name}"] = acc(r is not None for r in ranks)
-    prompts_closed = [f"Q: Fill the blank with one word from the Python documentation: {q}\nA:" for _, q, _ in qs]
+    prompts_closed = [f"Q: {PROMPT.format(q)}\nA:" for _, q, _ in qs]
     prompts_rag = [f"<docs>{docs_text(sparse.search(q.replace('____', ' '), k=2))}</docs>\n{p}"
                    for (_, q, _), p in zip(qs, prompts_closed)]
     for name, prompts in (("closed_book", prompts_closed), ("with_retrieval", prompts_rag)):
         answers = greedy_complete(model, tok, prompts, 6, 8)
-        out[f"exact_match {name}"] = acc((a.strip().split() or [""])[0].strip(".,;:\"'").lower() == w.lower()
+        out[f"exact_match {name}"] = acc(first_word(a) == w.lower()
                                          for a, (_, _, w) in zip(answers, qs))
     return out
 

@@ -114,6 +114,25 @@ def test_a_call_pauses_generation_and_the_result_goes_back_in_with_or_without_ca
     assert paused.finish == "tool_calls" and (paused.pending.tool, paused.pending.args) == ("weather", "Paris")
 
 
+def test_batched_answers_equal_the_tool_loop_and_calls_go_through_it(tiny, monkeypatch):
+    import agent_forge_core.agent.generate as g
+    from agent_forge_core.agent.tools import calculator_tool
+
+    model, tok = tiny
+    tools = {"calc": calculator_tool()}
+    prompts = [f"Q: What is {a} plus {b}?\nA:" for a, b in ((3, 4), (12, 9), (7, 70), (1, 2), (40, 2))]
+    batched = g.generate_batch(model, tok, prompts, tools, max_new_tokens=8, batch_size=3)
+    assert [b.text for b in batched] == [g.generate(model, tok, p, tools, max_new_tokens=8).text for p in prompts]
+    # a first line with a complete call is answered again in the loop (where calls run), the others are kept
+    real = g.greedy_complete
+    monkeypatch.setattr(g, "greedy_complete", lambda *a, **k: [" <calc>2+3</calc>", " kept", *real(*a, **k)[2:]])
+    seen = []
+    loop = []
+    monkeypatch.setattr(g, "generate", lambda *a, **k: loop.append(a[2]) or g.Generation(text="from the loop"))
+    out = g.generate_batch(model, tok, prompts[:3], tools, max_new_tokens=8, before_loop=seen.append)
+    assert seen == [0] and loop == [prompts[0]] and [o.text for o in out] == ["from the loop", " kept", batched[2].text]
+
+
 def test_runtime_from_a_checkpoint_and_the_eval_hook(tiny, tiny_model_dir, tmp_path):
     from agent_forge_core.agent.runtime import Runtime
     from agent_forge_core.agent.settings import AgentSettings

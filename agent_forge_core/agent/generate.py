@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..evals.suite import suppress, suppressed_ids
+from ..evals.suite import greedy_complete, suppress, suppressed_ids
 from .markup import RESULT, Call, find_call, wrap
 
 
@@ -126,6 +126,25 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
         last_piece = piece
         emit(Event("text", piece))
         logits = feed(torch.tensor([[tok]], device=device))
+
+
+def generate_batch(model, tokenizer, prompts: list[str], tools: dict, *, max_new_tokens: int = 64, max_calls: int = 4,
+                   batch_size: int = 8, before_loop: Callable[[int], None] | None = None) -> list[Generation]:
+    """Greedy answers to many prompts: decoded in batches (`greedy_complete`); an answer whose first line holds a
+    complete call of a known tool is answered again alone in the tool loop (after `before_loop(i)`, e.g. to
+    select its memory session), so every call sees its real result. Greedy answers without a call are the
+    tokens `generate` writes; batched decoding only saves the time."""
+    first = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size)
+    out = []
+    for i, (prompt, text) in enumerate(zip(prompts, first)):
+        line = text.split("\n", 1)[0]
+        if find_call(line, tools) is None:
+            out.append(Generation(text=line))
+            continue
+        if before_loop:
+            before_loop(i)
+        out.append(generate(model, tokenizer, prompt, tools, max_new_tokens=max_new_tokens, max_calls=max_calls))
+    return out
 
 
 def _pending_from(prefix: str, known: set[str]) -> int:

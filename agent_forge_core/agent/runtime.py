@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import ConfigError
-from .generate import Generation, generate
+from .generate import Generation, generate, generate_batch
 from .markup import strip_markup
 from .memory import Memory
 from .prompt import conversation, instructions
@@ -103,16 +103,13 @@ class Runtime:
     def answer(self, model, tokenizer, question: str, turns: list[tuple[str, str]] = (), **kw) -> Generation:
         return generate(model, tokenizer, self.prompt(question, turns), self.tools, max_calls=self.spec.max_calls, **kw)
 
-    def completer(self, max_new_tokens: int):
+    def completer(self, max_new_tokens: int, batch_size: int = 8):
         """The eval suite's hook: each prompt answered with the tools in the loop, markup stripped."""
 
         def complete(model, tokenizer, prompts: list[str]) -> list[str]:
             head = self.preface()
-            out = []
-            for p in prompts:
-                g = generate(model, tokenizer, f"{head}\n\n{p}" if head else p, self.tools,
-                             max_new_tokens=max_new_tokens, max_calls=self.spec.max_calls)
-                out.append(strip_markup(g.text))
-            return out
+            gens = generate_batch(model, tokenizer, [f"{head}\n\n{p}" if head else p for p in prompts], self.tools,
+                                  max_new_tokens=max_new_tokens, max_calls=self.spec.max_calls, batch_size=batch_size)
+            return [strip_markup(g.text) for g in gens]
 
         return complete

@@ -16,7 +16,7 @@ from ..settings_base import StageSection
 from ..training.focuses import check_focuses
 
 
-# The reference's values of the settings that have one (`stage.departures` records where ours differ).
+# The reference's values of the settings that have one (`info.departures` records where ours differ).
 REFERENCE = {"n_thought": 9, "n_talk": 4, "n_passes": 2, "seq_len": 256, "batch_size": 8, "steps": 100, "lr": 1e-6,
              "warmup": 20, "weight_decay": 0.001, "max_grad_norm": 1.0, "gumbel_temperature": 1.0, "reinforce_temperature": 3.0,
              "policy_beta": 1e6, "original_loss_weight": 0.5, "embedding_scale": 100.0,

@@ -46,12 +46,6 @@ def training_sequences(cfg: QuietStarSettings, tok, shots: int, data=None):
     return [(x, x) for x, _ in seqs]
 
 
-def departures(cfg: QuietStarSettings) -> dict[str, dict]:
-    """Settings that differ from the reference's constants: {name: {ours, reference}}."""
-    ours = cfg.identity()
-    return {k: {"ours": ours[k], "reference": v} for k, v in REFERENCE.items() if ours.get(k) != v}
-
-
 def build(inputs: list[str], cfg: QuietStarSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     model, tok = load_model(str(ctx.store.get(parent)), device=str(ctx.device))
@@ -66,7 +60,7 @@ def build(inputs: list[str], cfg: QuietStarSettings, ctx: StageContext, keys: di
     state.write_embeddings(model)
     ctx.progress(0.8, "quietstar: thought-mode metrics")
     info: dict = {
-        "tokens": tokens.as_dict(), "thoughts": cfg.thoughts, "departures": departures(cfg),
+        "tokens": tokens.as_dict(), "thoughts": cfg.thoughts, "departures": cfg.departures(REFERENCE),
         "thought_metrics": thought_metrics(model, state, tok, ev, cfg.n_thought, cfg.eval_examples,
                                            cfg.eval_text_tokens),
         "train": _train_summary(history),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..baking.stage import SPEC as baking
 from ..bitnet.stage import SPEC as bitnet
 from ..cognate.stage import SPEC as cognate
 from ..compression.stage import SPEC as compression
@@ -28,7 +29,7 @@ PIPELINE: tuple[StageSpec | str, ...] = (
     quietstar,
     bitnet,
     "loop",
-    "baking",
+    baking,
     "experts",
     compression,
 )

@@ -1,0 +1,1 @@
+"""Stage 6: Prompt Baking of tool use, memory, retrieval and persona."""

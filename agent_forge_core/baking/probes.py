@@ -1,0 +1,143 @@
+"""What each bake is measured by, on test splits, for one condition: a model, with or without the bake's
+prompt, answering with the runtime's tools in the loop (greedy).
+
+- tool: on arithmetic, the calculator call rate, call validity (the result is a number), the share of
+  calls that compute a gold worked step, accuracy with the executor; the false-call rate on recall and
+  instruction prompts.
+- memory: episode 1 shows records in an empty session (write rate); episode 2, a new context in the same
+  session, asks for one (read rate, recall accuracy: chance about 1/90).
+- retrieval: the search call rate on Python-documentation cloze questions of held-out topics and on
+  arithmetic (false calls); exact match of the answer after the last tool result.
+- persona: the share of identity answers (held-out paraphrases) that name the persona after k distractor
+  turns, for each k (prompt forgetting: the prompt stays first, the probe moves away from it).
+Answers are decoded in batches; those with a call are answered again in the tool loop (`generate_batch`).
+"""
+from __future__ import annotations
+
+import random
+import re
+import uuid
+
+from ..agent.generate import Generation, generate_batch
+from ..agent.markup import find_call, strip_markup
+from ..agent.prompt import conversation
+from ..agent.retrieval.cloze import PROMPT, cloze_questions, first_word
+from ..evals.suite import greedy_complete
+from ..evals.tasks import get_task
+from .persona import names_persona
+from .queries import qa, recall_text, records, remember_text, suite_queries
+from .trajectories import _fresh_memory
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def _with(prompt: str, text: str) -> str:
+    return f"{prompt}\n\n{text}" if prompt else text
+
+
+def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessions: list[str] | None = None):
+    """Greedy answers with the tools in the loop; each in its own memory session when `sessions` are given."""
+
+    def select(i: int) -> None:
+        if sessions and runtime.memory is not None:
+            runtime.memory.session = sessions[i]
+
+    return generate_batch(model, tok, texts, runtime.tools, max_new_tokens=max_new_tokens,
+                          max_calls=runtime.spec.max_calls, before_loop=select)
+
+
+def _rate(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def after_results(g: Generation) -> str:
+    """The model's own answer: what it wrote after the last tool result."""
+    if not g.calls:
+        return g.text
+    last = g.text.rfind("</docs>") if "</docs>" in g.text else g.text.rfind("</result>")
+    return g.text[last:].split(">", 1)[1] if last >= 0 else g.text
+
+
+def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+    arith = get_task("arithmetic")
+    exs = arith.examples("test", n, seed)
+    gens = answer_all(model, tok, runtime, [_with(prompt, qa(ex.prompt)) for ex in exs], 48)
+    # each calculator result, and whether it is one of the example's gold worked-step results
+    calc = [(r, r in re.findall(r"= (-?\d+)", ex.target)) for g, ex in zip(gens, exs) for c, r in g.calls
+            if c.tool == "calc"]
+    others = suite_queries(["recall", "instruction"], "test", n, shots, seed)
+    false = greedy_complete(model, tok, [_with(prompt, q.text) for q in others], 24, 8)
+    return {"call_rate": _rate(any(c.tool == "calc" for c, _ in g.calls) for g in gens),
+            "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _ in calc),
+            "call_gold_step": _rate(gold for _, gold in calc),
+            "accuracy": _rate(arith.check(strip_markup(g.text), ex) for g, ex in zip(gens, exs)),
+            "false_call_rate": _rate(find_call(a.split("\n", 1)[0], runtime.tools) is not None for a in false)}
+
+
+def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+    rng = random.Random(f"memory-probe:{seed}")
+    sets = [records(rng, 3) for _ in range(n)]
+    keys = [rng.choice(list(r)) for r in sets]
+    sessions = [f"probe-{uuid.uuid4().hex}" for _ in range(n)]
+    for s in sessions:
+        _fresh_memory(runtime, s, {})
+    first = answer_all(model, tok, runtime, [_with(prompt, remember_text(r)) for r in sets], 64, sessions=sessions)
+    second = answer_all(model, tok, runtime, [_with(prompt, recall_text(k)) for k in keys], 24, sessions=sessions)
+    for s in sessions:
+        _fresh_memory(runtime, s, {})
+    return {"write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
+            "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second),
+            "recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]
+                            for g, r, k in zip(second, sets, keys))}
+
+
+def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+    from ..agent.retrieval.corpus import pydoc_passages
+
+    qs = cloze_questions(pydoc_passages(), n, seed, "test")
+    gens = answer_all(model, tok, runtime, [_with(prompt, qa(PROMPT.format(q))) for _, q, _ in qs], 24)
+    arith = get_task("arithmetic").examples("test", n, seed)
+    false = greedy_complete(model, tok, [_with(prompt, qa(ex.prompt)) for ex in arith], 24, 8)
+    return {"call_rate_python": _rate(any(c.tool == "search" for c, _ in g.calls) for g in gens),
+            "exact_match": _rate(first_word(after_results(g)) == w.lower() for g, (_, _, w) in zip(gens, qs)),
+            "call_rate_arithmetic": _rate((c := find_call(a.split("\n", 1)[0], runtime.tools)) is not None
+                                          and c.tool == "search" for a in false)}
+
+
+def distractors(k: int, rng: random.Random) -> list[tuple[str, str]]:
+    """k earlier Q/A turns on other tasks (test split questions with their gold answers)."""
+    out = []
+    for _ in range(k):
+        task = get_task(rng.choice(["arithmetic", "recall", "instruction"]))
+        ex = task.examples("test", 1, rng.randrange(10**6))[0]
+        out.append((ex.prompt, ex.target.strip()))
+    return out
+
+
+def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, name: str = "Forge",
+                  turns: tuple[int, ...] = (0, 2, 4, 8), n_turns: int | None = None, **_) -> dict[str, float]:
+    """`n` questions without distractors, `n_turns` (default n) after each k > 0."""
+    from .queries import identity_questions
+
+    out = {}
+    for k in turns:
+        qs = identity_questions("test", n if k == 0 else (n_turns or n), seed)
+        rng = random.Random(f"distract:{seed}:{k}")
+        texts = [conversation(distractors(k, rng), q, prompt) for q in qs]
+        answers = greedy_complete(model, tok, texts, 16, 8)
+        out[f"identity_k{k}"] = _rate(names_persona(a.split("\n", 1)[0], name) for a in answers)
+    return out
+
+
+PROBES = {"tool": probe_tool, "memory": probe_memory, "retrieval": probe_retrieval, "persona": probe_persona}
+PRIMARY = {"tool": "call_rate", "memory": "recall", "retrieval": "call_rate_python", "persona": "identity_k0"}
+
+
+def recovery(base: dict, prompted: dict, baked: dict) -> dict[str, float | None]:
+    """(baked − base) / (prompted − base) per metric; None where the prompt itself changed nothing."""
+    out = {}
+    for m, v in baked.items():
+        gap = prompted.get(m, float("nan")) - base.get(m, float("nan"))
+        out[m] = (v - base[m]) / gap if abs(gap) > 1e-9 else None
+    return out

@@ -1,0 +1,55 @@
+"""The prompt u of each bake: the runtime's instructions for the bake's tools and two demonstrations in the
+project's Q/A format (tool results as the runtime inserts them). Demonstrations come from train splits.
+The persona prompt is written by the model itself (`persona.py`).
+"""
+from __future__ import annotations
+
+import re
+
+from ..agent.markup import DOCS, wrap
+from ..agent.prompt import instructions
+from ..agent.retrieval.cloze import PROMPT, cloze_questions
+from ..evals.tasks import get_task
+from .queries import qa
+
+STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+
+MEMORY_DEMO = ("Q: Remember these records for later: fox=12; owl=40.\n"
+               "A: <mem_write>fox=12</mem_write><result>stored</result> <mem_write>owl=40</mem_write>"
+               "<result>stored</result> Done.\n\n"
+               "Q: What is the value of owl you remembered?\nA: <mem_read>owl</mem_read><result>40</result> 40")
+
+
+def as_tool_demo(text: str) -> str:
+    """Worked steps `a op b = c` written as calculator calls with their results."""
+    return STEP.sub(lambda m: f"<calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", text)
+
+
+def tool_prompt(runtime) -> str:
+    demos = [f"{qa(ex.prompt)}{as_tool_demo(ex.target)}" for ex in get_task("arithmetic").examples("train", 2, 97)]
+    return instructions([runtime.tools["calc"]]) + "\n\n" + "\n\n".join(demos)
+
+
+def memory_prompt(runtime) -> str:
+    return instructions([runtime.tools["mem_write"], runtime.tools["mem_read"]]) + "\n\n" + MEMORY_DEMO
+
+
+def search_words(sentence: str, k: int = 6) -> str:
+    """A demonstration's query: the sentence's longest words around the blank."""
+    words = [w.strip(".,;:()`'\"") for w in sentence.split() if "____" not in w]
+    return " ".join(sorted(words, key=len, reverse=True)[:k])
+
+
+def retrieval_prompt(runtime) -> str:
+    from ..agent.retrieval.corpus import pydoc_passages
+
+    tool = runtime.tools["search"]
+    demos = []
+    for _, q, word in cloze_questions(pydoc_passages(), 2, 97, "train"):
+        query = search_words(q)
+        demos.append(f"{qa(PROMPT.format(q))} <search>{query}</search>{wrap(DOCS, tool.fn(query))} {word}")
+    return instructions([tool]) + "\n\n" + "\n\n".join(demos)
+
+
+PROMPTS = {"tool": tool_prompt, "memory": memory_prompt, "retrieval": retrieval_prompt}
+TOOLS = {"tool": ["calc"], "memory": ["mem_write", "mem_read"], "retrieval": ["search"], "persona": []}

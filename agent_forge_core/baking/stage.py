@@ -1,0 +1,155 @@
+"""Stage 6, baking: Prompt Baking (Bhargava et al. 2024) of tool use, memory, automatic retrieval and a
+self-guided persona into the weights, one sub-bake after another.
+
+For each bake b in `baking.order`: its prompt u_b (`prompts.py`; the persona's written by the model,
+`persona.py`), trajectories sampled from the current model prompted with u_b and the runtime in the loop
+(`trajectories.py`), the student trained on KL(prompted teacher ‖ unprompted student) at the generated
+positions (`train.py`, `loss.py`), merged before the next bake (whose teacher is the merged model with its
+own prompt: re-baking). Measured (`probes.py`) in three conditions per bake, the input without and with
+u_b and the baked model without it, and every earlier bake again after each bake (forgetting).
+
+A float input trains LoRA (merged); a BitNet input trains its latent weights under the straight-through
+estimator and is written as BitNet again (`ternary_input=refuse` stops instead). The checkpoint carries
+`runtime.json` (the baked tools, no instructions: the prompt is in the weights), the prompts
+(`prompt_<bake>.txt`) and `baking_history.json`; manifest metrics are the eval suite with the runtime on.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from typing import Iterator
+
+from ..agent.runtime import BUILTIN, Runtime
+from ..agent.settings import RUNTIME_FILE, AgentSettings, RuntimeSpec
+from ..errors import ConfigError
+from ..formats import bitnet as bitnet_format
+from ..model_io import load_model, save_model
+from ..stages.contract import Built, StageContext, StageSpec
+from .persona import expand, persona_prompt
+from .probes import PRIMARY, PROBES, recovery
+from .prompts import PROMPTS, TOOLS
+from .queries import training_queries
+from .settings import REFERENCE, BakingSettings
+from .train import bake
+from .trajectories import sample
+
+VERSION = 1
+HISTORY_FILE = "baking_history.json"
+
+
+def load_input(folder, cfg: BakingSettings, device: str):
+    """(model, tokenizer, student kind, BitNet packing format or None)."""
+    if not bitnet_format.detect(folder):
+        model, tok = load_model(str(folder), device=device)
+        return model, tok, "lora", None
+    if cfg.ternary_input == "refuse":
+        raise ConfigError(f"baking: the input {folder.name} is a BitNet (ternary) checkpoint and "
+                          "baking.ternary_input=refuse; set baking.ternary_input=ste to train its latent weights "
+                          "under the straight-through estimator, or set bitnet.enabled=false to bake the float model")
+    model, tok = bitnet_format.load_bitnet(folder, trainable=True, device=device)
+    return model, tok, "latent", json.loads((folder / bitnet_format.META).read_text())["format"]
+
+
+def bake_prompts(model, tok, runtime, cfg: BakingSettings) -> dict[str, str]:
+    out = {}
+    for b in cfg.order:
+        out[b] = persona_prompt(cfg.persona, expand(model, tok, cfg.persona)) if b == "persona" else PROMPTS[b](runtime)
+    return out
+
+
+def measure(b: str, model, tok, runtime, prompt: str, cfg: BakingSettings, shots: int,
+            n: int | None = None) -> dict[str, float]:
+    return PROBES[b](model, tok, runtime, prompt, n or cfg.probe_examples, cfg.seed, shots, name=cfg.persona.name,
+                     turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples)
+
+
+def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
+    (parent,) = inputs
+    src = ctx.store.get(parent)
+    model, tok, kind, fmt = load_input(src, cfg, str(ctx.device))
+    scratch = ctx.work_dir / f"baking-{uuid.uuid4().hex[:8]}"
+    agent = AgentSettings(memory=str(scratch / "memory.sqlite"), index_dir=ctx.settings.agent.index_dir)
+    runtime = Runtime.open(None, model, tok, agent, spec=RuntimeSpec(tools=list(BUILTIN)))
+    shots = ctx.settings.eval.shots
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    steps = len(cfg.order) * (2 + cfg.persona.pursuit_rounds) + 1
+    done = [0]
+
+    def note(msg: str) -> None:
+        ctx.progress(min(done[0] / steps, 0.99), f"baking: {msg}")
+
+    try:
+        note("prompts")
+        prompts = bake_prompts(model, tok, runtime, cfg)
+        probes: dict[str, dict] = {}
+        for b in cfg.order:  # the input model, without and with each prompt
+            note(f"{b}: base and prompted probes")
+            probes[b] = {"base": measure(b, model, tok, runtime, "", cfg, shots),
+                         "prompted": measure(b, model, tok, runtime, prompts[b], cfg, shots)}
+        done[0] += 1
+        history: dict[str, dict] = {}
+        forgetting: dict[str, dict] = {}
+        rounds = [(b, r) for b in cfg.order for r in range(1 + (cfg.persona.pursuit_rounds if b == "persona" else 0))]
+        for i, (b, r) in enumerate(rounds):
+            name = b if r == 0 else f"{b}_pursuit{r}"
+            t0 = time.time()
+            note(f"{name}: sampling trajectories")
+            queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i)
+            trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
+                           cfg.seed + i, session=f"bake-{name}")
+            if len(trajs) <= cfg.heldout:
+                raise ConfigError(f"baking: the prompted model wrote nothing to learn for {name} ({len(trajs)} "
+                                  "trajectories); raise baking.max_new_tokens or check the prompt")
+            sampled_s = time.time() - t0
+            done[0] += 1
+            model, curve = bake(model, trajs[cfg.heldout:], trajs[:cfg.heldout], cfg, pad, kind,
+                                progress=lambda f, m, _n=name: note(f"{_n}: {m}"))
+            done[0] += 1
+            trained_s = time.time() - t0 - sampled_s
+            note(f"{name}: probes")
+            probes[b][name if r else "baked"] = measure(b, model, tok, runtime, "", cfg, shots)
+            forgetting[name] = {e: measure(e, model, tok, runtime, "", cfg, shots, cfg.forgetting_examples)[PRIMARY[e]]
+                                for e in cfg.order[:cfg.order.index(b)]}
+            forgetting[name][b] = probes[b][name if r else "baked"][PRIMARY[b]]
+            history[name] = {**curve, "trajectories": len(trajs) - cfg.heldout, "heldout_trajectories": cfg.heldout,
+                             "sampling_s": sampled_s, "train_s": trained_s,
+                             "probe_s": time.time() - t0 - sampled_s - trained_s, "wall_s": time.time() - t0,
+                             "examples": [t.text for t in trajs[cfg.heldout:cfg.heldout + 3]],
+                             "tool_calls": sum("</" in t.text for t in trajs) / len(trajs)}
+            ctx.log.info("baking %s: %s %.3f -> %.3f (held-out KL %s); %s %s", name, cfg.objective,
+                         curve["steps"][0]["loss"], curve["steps"][-1]["loss"],
+                         [round(h["kl"], 3) for h in curve["heldout"]],
+                         PRIMARY[b], {c: round(v[PRIMARY[b]], 3) for c, v in probes[b].items()})
+        info = {
+            "student": kind, "order": cfg.order, "departures": cfg.departures(REFERENCE), "probes": probes,
+            "recovery": {b: recovery(p["base"], p["prompted"], p["baked"]) for b, p in probes.items()},
+            "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order},
+            "loss": {n: {"objective": cfg.objective, "first": h["steps"][0]["loss"], "last": h["steps"][-1]["loss"],
+                         "heldout_kl": [x["kl"] for x in h["heldout"]]} for n, h in history.items()},
+        }
+        folder = ctx.work_dir / f"baking-{uuid.uuid4().hex}"
+        if fmt:
+            bitnet_format.save_bitnet(model, tok, folder, fmt)
+        else:
+            save_model(model, tok, folder)
+        baked_tools = [t for b in cfg.order for t in TOOLS[b]]
+        (folder / RUNTIME_FILE).write_text(RuntimeSpec(tools=baked_tools, instructions=False).model_dump_json(indent=1))
+        for b, text in prompts.items():
+            (folder / f"prompt_{b}.txt").write_text(text)
+        (folder / HISTORY_FILE).write_text(json.dumps({"history": history, **info}, indent=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    yield Built(variant="", folder=folder, parent=parent, info=info, model=model, tokenizer=tok)
+
+
+SPEC = StageSpec(
+    name="baking",
+    version=VERSION,
+    takes="one",
+    build=build,
+    settings=BakingSettings,
+    description="Prompt Baking of tool use, memory, automatic retrieval and a self-guided persona (KL to the "
+                "prompted model, LoRA or ternary latents under STE).",
+)

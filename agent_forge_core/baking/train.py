@@ -1,0 +1,137 @@
+"""Training one bake: the teacher's distributions once, then the student on the KL (`loss.baking_kl`).
+
+The teacher is the model before this bake with the prompt on (the reference's `disable_adapter()` on the
+prompted ids). It does not change during a bake, so its log-probabilities at the generated positions are
+computed once, before the student moves; that also serves a ternary student, whose latent weights have no
+adapter to switch off. Students:
+- `lora`: peft LoRA on the attention projections (W' = W + (alpha/r)·B·A), merged after training;
+- `latent`: a BitNet model's BitLinear latent weights trained directly under the straight-through
+  estimator (the forward pass uses the ternary weights), written as BitNet again.
+The half-baking curve: the training KL per step, and the KL on held-out trajectories every few steps.
+`objective=sft` is the control: cross-entropy on the sampled tokens themselves (a plain fine-tune on the
+same trajectories, what the seed's origin did), same positions, steps and normalisation; its held-out
+line is still the KL to the prompted teacher, so the two objectives are compared on the same measure.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+from ..training.lora import lora_config
+from .loss import baking_kl, gen_positions
+from .trajectories import Trajectory, aligned
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def _forward(model, rows: list[tuple[list[int], list[int]]], pad_id: int, with_targets: bool = False):
+    """Logits at the positions that predict a generated token, in row order ([N, V]) (and those tokens)."""
+    ids = _pad([r[0] for r in rows], pad_id).to(model.device)
+    mask = _pad([r[1] for r in rows], 0).to(model.device)
+    attn = _pad([[1] * len(r[0]) for r in rows], 0).to(model.device)
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    at = gen_positions(mask)
+    return (logits[at], ids[:, 1:][at]) if with_targets else logits[at]
+
+
+@torch.no_grad()
+def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 4) -> list[torch.Tensor]:
+    """Per trajectory, the prompted model's log-probabilities at its generated positions (float32: with an
+    empty prompt the KL is exactly 0; 128 trajectories of 40 tokens over a 49k vocabulary hold 1 GB)."""
+    model.eval()
+    out = []
+    for i in range(0, len(trajs), batch_size):
+        chunk = trajs[i:i + batch_size]
+        logp = torch.log_softmax(_forward(model, [t.teacher_ids() for t in chunk], pad_id).float(), dim=-1)
+        sizes = [sum(t.teacher_ids()[1][1:]) for t in chunk]
+        out += [x.cpu() for x in torch.split(logp, sizes)]
+    return out
+
+
+def kl_of(model, trajs: list[Trajectory], targets: list[torch.Tensor], pad_id: int, batch_size: int = 8) -> float:
+    """Mean per-trajectory KL(teacher ‖ model) (the loss without gradient)."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(trajs), batch_size):
+            logits = _forward(model, [t.student_ids() for t in trajs[i:i + batch_size]], pad_id)
+            target = torch.cat(targets[i:i + batch_size]).to(logits.device)
+            total += float(baking_kl(logits, target, 1))
+    return total / max(len(trajs), 1)
+
+
+def make_student(model, kind: str, cfg, seed: int):
+    """(trainable model, its parameters) for the `lora` or `latent` student."""
+    if kind == "lora":
+        from peft import get_peft_model
+
+        torch.manual_seed(seed)  # LoRA's A matrices are random
+        peft_model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, 0.0, cfg.target_modules))
+        return peft_model, [p for p in peft_model.parameters() if p.requires_grad]
+    from ..bitnet.convert import bit_layers
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [layer.weight for layer in bit_layers(model).values()]
+    for p in params:
+        p.requires_grad_(True)
+    return model, params
+
+
+def finish_student(student, kind: str):
+    """The plain model after training: the adapter folded into the weights (lora), or the model itself."""
+    if kind == "lora":
+        return student.merge_and_unload()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student
+
+
+def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id: int, kind: str = "lora",
+         progress: Callable[[float, str], None] | None = None) -> tuple[object, dict]:
+    """Train the student to match the prompted teacher; returns (baked plain model, history)."""
+    bad = [t.text for t in trajs + heldout if not aligned(t)]
+    if bad:
+        raise ValueError(f"trajectory ids differ under the prompted and unprompted masks: {bad[:2]}")
+    targets = teacher_logprobs(model, trajs, pad_id)
+    held_targets = teacher_logprobs(model, heldout, pad_id)
+    student, params = make_student(model, kind, cfg, cfg.seed)
+    lr = cfg.lr if kind == "lora" else cfg.ste_lr
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    history: dict = {"student": kind, "objective": cfg.objective, "lr": lr, "steps": [], "heldout": []}
+
+    def held(step: int) -> None:
+        if heldout:
+            student.eval()
+            history["heldout"].append({"step": step, "kl": kl_of(student, heldout, held_targets, pad_id)})
+
+    held(0)
+    for step in range(1, cfg.steps + 1):
+        if len(order) < cfg.batch_size:
+            more = list(range(len(trajs)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        student.train()
+        logits, tokens = _forward(student, [trajs[i].student_ids() for i in idx], pad_id, with_targets=True)
+        if cfg.objective == "sft":
+            loss = torch.nn.functional.cross_entropy(logits.float(), tokens, reduction="sum") / len(idx)
+        else:
+            loss = baking_kl(logits, torch.cat([targets[i] for i in idx]).to(logits.device), len(idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history["steps"].append({"step": step, "loss": loss.item()})
+        if step % cfg.curve_every == 0 or step == cfg.steps:
+            held(step)
+        if progress:
+            progress(step / cfg.steps, f"step {step}/{cfg.steps} {cfg.objective} {loss.item():.3f}")
+    model = finish_student(student, kind)
+    model.eval()
+    return model, history

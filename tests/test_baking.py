@@ -1,0 +1,220 @@
+"""Prompt Baking: the loss against the reference formula, masks and alignment, a bake that makes the
+unprompted tiny model match the prompted one, and the stage (float and ternary inputs)."""
+import json
+
+import pytest
+import torch
+
+from agent_forge_core.agent.generate import Generation
+from agent_forge_core.agent.markup import Call
+from agent_forge_core.agent.runtime import Runtime
+from agent_forge_core.agent.settings import AgentSettings, RuntimeSpec
+from agent_forge_core.agent.tools import calculator_tool
+from agent_forge_core.baking.loss import baking_kl
+from agent_forge_core.baking.probes import recovery
+from agent_forge_core.baking.queries import identity_questions, training_queries
+from agent_forge_core.baking.settings import BakingSettings
+from agent_forge_core.baking.train import _forward, bake, kl_of, make_student, teacher_logprobs
+from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, encode, sample, segments
+from agent_forge_core.context import make_context
+from agent_forge_core.errors import ConfigError
+from agent_forge_core.model_io import load_model
+from agent_forge_core.stages.runner import run_stage_on
+
+
+def test_loss_equals_the_reference_formula_on_random_logits():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0]]).bool()
+    p_t = torch.softmax(t, -1)
+    # Σ_t Σ_v P_teacher (log P_teacher − log P_student) over masked positions, / batch size
+    ref = (p_t * (torch.log_softmax(t, -1) - torch.log_softmax(s, -1))).sum(-1)[mask].sum() / 2
+    ours = baking_kl(s[mask], torch.log_softmax(t, -1)[mask], 2)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert baking_kl(t[mask], torch.log_softmax(t, -1)[mask], 2).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def _traj(tok, prompt: str, query: str, answer: str) -> Trajectory:
+    head = tok(f"{prompt}\n\n", add_special_tokens=False).input_ids if prompt else []
+    ids, mask = encode(tok, [(answer, True)])
+    return Trajectory(Query(query), head, tok(query, add_special_tokens=False).input_ids, ids, mask, answer)
+
+
+@pytest.mark.parametrize("kind", ["lora", "latent"])
+def test_an_empty_prompt_gives_zero_kl_and_zero_gradient(tiny_model_dir, kind):
+    model, tok = load_model(str(tiny_model_dir))
+    if kind == "latent":
+        from agent_forge_core.bitnet.convert import convert
+
+        convert(model)
+    trajs = [_traj(tok, "", "Q: What is 3 + 4?\nA:", " 7"), _traj(tok, "", "Q: Name a fruit.\nA:", " fig")]
+    targets = teacher_logprobs(model, trajs, tok.pad_token_id)
+    student, params = make_student(model, kind, BakingSettings(), 0)
+    if kind == "lora":  # a non-zero adapter that is switched off: the teacher is the adapter-free model
+        with torch.no_grad():
+            for n, p in student.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+        with student.disable_adapter():
+            targets = teacher_logprobs(student, trajs, tok.pad_token_id)
+        with torch.no_grad():
+            for n, p in student.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+    logits = _forward(student, [t.student_ids() for t in trajs], tok.pad_token_id)
+    loss = baking_kl(logits, torch.cat(targets).float(), len(trajs))
+    loss.backward()
+    assert abs(loss.item()) < 1e-6
+    assert max(p.grad.abs().max().item() for p in params if p.grad is not None) < 1e-6
+
+
+def test_trajectory_ids_align_under_both_masks_and_executor_tokens_carry_no_loss(tiny_model_dir):
+    model, tok = load_model(str(tiny_model_dir))
+    calc = calculator_tool()
+    g = Generation(text=" <calc>17*3</calc><result>51</result> so 51", calls=[(Call("calc", "17*3", 1, 18), "51")])
+    pieces = segments(g, {"calc": calc})
+    assert pieces == [(" <calc>17*3</calc>", True), ("<result>51</result>", False), (" so 51", True)]
+    ids, mask = encode(tok, pieces)
+    result_ids = tok("<result>51</result>", add_special_tokens=False).input_ids
+    start = len(tok(" <calc>17*3</calc>", add_special_tokens=False).input_ids)
+    assert ids[start:start + len(result_ids)] == result_ids and not any(mask[start:start + len(result_ids)])
+    assert all(mask[:start]) and all(mask[start + len(result_ids):])
+    t = Trajectory(Query("Q: 17*3?\nA:"), tok("Use the calculator.\n\n", add_special_tokens=False).input_ids,
+                   tok("Q: 17*3?\nA:", add_special_tokens=False).input_ids, ids, mask)
+    assert aligned(t)
+    # the loss sees exactly the model's tokens: as many rows as mask ones (each predicted from the one before)
+    rows = _forward(model, [t.student_ids()], tok.pad_token_id)
+    assert rows.shape[0] == sum(mask) == teacher_logprobs(model, [t], tok.pad_token_id)[0].shape[0]
+    broken = Trajectory(t.query, t.prompt_ids, t.query_ids, ids, [0] * len(ids))
+    assert not aligned(broken)  # nothing generated: nothing to align (and nothing to learn)
+
+
+def test_sampled_trajectories_align(tiny_model_dir, tmp_path):
+    model, tok = load_model(str(tiny_model_dir))
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=["calc"]))
+    qs = training_queries("tool", 4, 0.25, 1, 0)
+    trajs = sample(model, tok, rt, "Always answer 7.", qs, 1.0, 8, 0)
+    assert trajs and all(aligned(t) for t in trajs)
+    t = trajs[0]
+    assert t.teacher_ids()[0][len(t.prompt_ids):] == t.student_ids()[0]
+
+
+def test_baking_always_answer_7_makes_the_unprompted_model_match_the_prompted_one(tiny_model_dir, tmp_path):
+    model, tok = load_model(str(tiny_model_dir))
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=[]))
+    prompt = "Always answer 7.\n\nQ: How many days are in a week?\nA: 7\n\nQ: What is the capital of France?\nA: 7"
+    train = [Query(f"Q: {q}\nA:") for q in identity_questions("train", 24, 1)] + \
+        [Query(q.text) for q in training_queries("persona", 24, 0.5, 1, 2)]
+    held = [Query(f"Q: {q}\nA:") for q in identity_questions("test", 8, 3)]  # held-out question cores
+    trajs = sample(model, tok, rt, prompt, train, 1.0, 8, 0)
+    heldout = sample(model, tok, rt, prompt, held, 1.0, 8, 1)
+    cfg = BakingSettings(steps=100, batch_size=8, lr=3e-2, curve_every=25)
+    baked, hist = bake(model, trajs, heldout, cfg, tok.pad_token_id)
+    first, last = hist["heldout"][0]["kl"], hist["heldout"][-1]["kl"]
+    # the random tiny model barely reads its prompt (KL 0.033 measured); baking removes >= 90% of it (to 0.0025)
+    assert first > 0.02 and last < 0.1 * first, hist["heldout"]
+    assert kl_of(baked, heldout, teacher_logprobs(load_model(str(tiny_model_dir))[0], heldout, tok.pad_token_id),
+                 tok.pad_token_id) == pytest.approx(last, rel=1e-3)  # merged = what was measured
+    # the control: a plain fine-tune on the same sampled tokens matches the prompted model less well (measured:
+    # held-out KL 0.033 -> 0.0025 baked, 0.033 -> 0.357 fine-tuned: it fits the samples, not the distribution)
+    sft = bake(load_model(str(tiny_model_dir))[0], trajs, heldout, cfg.model_copy(update={"objective": "sft"}),
+               tok.pad_token_id)[1]
+    assert sft["heldout"][-1]["kl"] > 2 * last, (sft["heldout"], hist["heldout"])
+
+
+def test_on_ternary_weights_lora_rounds_away_and_ste_keeps_the_bake(tiny_model_dir, tmp_path):
+    """Why `ternary_input=ste` is the default: LoRA merged into latents that sit at their codes' centres is
+    rounded away when re-ternarised; training the latents under STE keeps what it learned."""
+    from agent_forge_core.bitnet.convert import convert
+    from agent_forge_core.formats.bitnet import load_bitnet, save_bitnet
+
+    model, tok = load_model(str(tiny_model_dir))
+    convert(model)
+    save_bitnet(model, tok, tmp_path / "bn", "2bit")
+    model, tok = load_bitnet(tmp_path / "bn", trainable=True)
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=[]))
+    prompt = "Always answer 7.\n\nQ: How many days are in a week?\nA: 7\n\nQ: What is the capital of France?\nA: 7"
+    train = [Query(f"Q: {q}\nA:") for q in identity_questions("train", 24, 1)] + \
+        [Query(q.text) for q in training_queries("persona", 24, 0.5, 1, 2)]
+    heldout = sample(model, tok, rt, prompt, [Query(f"Q: {q}\nA:") for q in identity_questions("test", 8, 3)], 1.0, 8, 1)
+    trajs = sample(model, tok, rt, prompt, train, 1.0, 8, 0)
+    target = teacher_logprobs(model, heldout, tok.pad_token_id)
+    start = kl_of(model, heldout, target, tok.pad_token_id)
+    after = {}
+    for kind in ("lora", "latent"):
+        m, _ = load_bitnet(tmp_path / "bn", trainable=True)
+        cfg = BakingSettings(steps=100, batch_size=8, lr=3e-2, ste_lr=1e-3, curve_every=50)
+        baked, hist = bake(m, trajs, heldout, cfg, tok.pad_token_id, kind)
+        after[kind] = (hist["heldout"][-1]["kl"], kl_of(baked, heldout, target, tok.pad_token_id))
+    # measured: start 0.0030; LoRA 0.0004 with its float adapter, 0.0029 once merged and re-ternarised;
+    # STE 0.0007 (its training already saw the ternary forward)
+    lora_kept = (start - after["lora"][1]) / (start - after["lora"][0])
+    assert after["lora"][0] < 0.3 * start and lora_kept < 0.25
+    assert after["latent"][1] < 0.4 * start and after["latent"][1] == pytest.approx(after["latent"][0], rel=1e-3)
+
+
+def test_recovery_ratio():
+    r = recovery({"a": 0.1, "b": 0.2}, {"a": 0.5, "b": 0.2}, {"a": 0.4, "b": 0.3})
+    assert r["a"] == pytest.approx(0.75) and r["b"] is None
+
+
+def test_identity_paraphrases_are_held_out():
+    train, test = set(identity_questions("train", 200, 0)), set(identity_questions("test", 200, 0))
+    strip = lambda q: q.split(". ")[-1].split(", ")[-1].split(": ")[-1].split("! ")[-1].lower()  # noqa: E731
+    assert {strip(q) for q in train}.isdisjoint({strip(q) for q in test})
+
+
+BAKE = ["cognate.enabled=false", "baking.enabled=true", "baking.order=[tool,persona]", "baking.trajectories=4",
+        "baking.heldout=2", "baking.steps=3", "baking.batch_size=2", "baking.probe_examples=4",
+        "baking.forgetting_turns=[0]", "baking.max_new_tokens=6", "baking.persona.expand_tokens=6",
+        "baking.gates.perplexity=10", "baking.gates.perplexity_ood=10"]
+
+
+def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
+    s = tiny_settings(*BAKE, f"agent.index_dir={tmp_path}/idx")
+    ctx = make_context(s)
+    (base,) = run_stage_on("import", [], ctx).outputs
+    res = run_stage_on("baking", [base], ctx)
+    (key,) = res.outputs
+    folder = ctx.store.get(key)
+    spec = json.loads((folder / "runtime.json").read_text())
+    assert spec["tools"] == ["calc"] and spec["instructions"] is False
+    assert (folder / "prompt_tool.txt").read_text().startswith("You can use tools")
+    assert "Forge" in (folder / "prompt_persona.txt").read_text()
+    info = res.info[key]
+    assert set(info["probes"]) == {"tool", "persona"} and set(info["probes"]["tool"]) == {"base", "prompted", "baked"}
+    assert set(info["forgetting"]["persona"]) == {"tool", "persona"}
+    hist = json.loads((folder / "baking_history.json").read_text())["history"]
+    assert len(hist["tool"]["steps"]) == 3 and hist["tool"]["heldout"][0]["step"] == 0
+    assert info["departures"]["lora_r"] == {"ours": 8, "reference": 32}
+    assert "arithmetic" in res.metrics[key]  # the suite, run with the baked runtime
+    # the baked weights differ from the input's
+    a, _ = load_model(str(ctx.store.get(base)))
+    b, _ = load_model(str(folder))
+    assert not torch.equal(a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight)
+    assert run_stage_on("baking", [base], ctx).reused
+
+
+def test_stage_on_a_ternary_input_trains_latents_or_refuses(tiny_settings, tmp_path):
+    bn = ["bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1", "bitnet.lr_warmup=1"]
+    s = tiny_settings(*BAKE, *bn, "baking.order=[persona]", "baking.ste_lr=0.02", "baking.persona.pursuit_rounds=1",
+                      f"agent.index_dir={tmp_path}/idx")
+    ctx = make_context(s)
+    (base,) = run_stage_on("import", [], ctx).outputs
+    (ternary,) = run_stage_on("bitnet", [base], ctx).outputs
+    (key,) = run_stage_on("baking", [ternary], ctx).outputs
+    folder = ctx.store.get(key)
+    info = ctx.store.manifest(key).info
+    assert (folder / "bitnet.json").is_file() and info["student"] == "latent"
+    # Prompt Pursuit: the baked model re-prompted and baked again, measured as its own row
+    assert set(info["probes"]["persona"]) == {"base", "prompted", "baked", "persona_pursuit1"}
+    assert set(info["loss"]) == {"persona", "persona_pursuit1"}
+    from safetensors.torch import load_file
+
+    before = load_file(str(ctx.store.get(ternary) / "model.safetensors"))
+    after = load_file(str(folder / "model.safetensors"))
+    changed = [k for k in before if k.endswith(".packed") and not torch.equal(before[k], after[k])]
+    assert changed  # some ternary codes moved
+    refuse = make_context(tiny_settings(*BAKE, *bn, "baking.order=[persona]", "baking.ternary_input=refuse"))
+    with pytest.raises(ConfigError, match="ternary_input=refuse.*ternary_input=ste"):
+        run_stage_on("baking", [ternary], refuse)
