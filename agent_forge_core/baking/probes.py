@@ -26,7 +26,7 @@ from ..evals.suite import greedy_complete
 from ..evals.tasks import get_task
 from .persona import names_persona
 from .queries import qa, recall_text, records, remember_text, suite_queries
-from .trajectories import _fresh_memory
+from .trajectories import fresh_memory
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -81,11 +81,11 @@ def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int
     keys = [rng.choice(list(r)) for r in sets]
     sessions = [f"probe-{uuid.uuid4().hex}" for _ in range(n)]
     for s in sessions:
-        _fresh_memory(runtime, s, {})
+        fresh_memory(runtime, s, {})
     first = answer_all(model, tok, runtime, [_with(prompt, remember_text(r)) for r in sets], 64, sessions=sessions)
     second = answer_all(model, tok, runtime, [_with(prompt, recall_text(k)) for k in keys], 24, sessions=sessions)
     for s in sessions:
-        _fresh_memory(runtime, s, {})
+        fresh_memory(runtime, s, {})
     return {"write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
             "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second),
             "recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]

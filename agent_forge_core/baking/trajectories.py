@@ -78,7 +78,7 @@ def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], tempera
     head = tokenizer(f"{prompt}\n\n", add_special_tokens=False).input_ids if prompt else []
     out = []
     for i, q in enumerate(queries):
-        _fresh_memory(runtime, f"{session}-{seed}-{i}", q.records)
+        fresh_memory(runtime, f"{session}-{seed}-{i}", q.records)
         g = generate(model, tokenizer, f"{prompt}\n\n{q.text}" if prompt else q.text, runtime.tools,
                      max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls, temperature=temperature,
                      seed=seed * 100003 + i)
@@ -89,7 +89,7 @@ def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], tempera
     return out
 
 
-def _fresh_memory(runtime, session: str, records: dict[str, str]) -> None:
+def fresh_memory(runtime, session: str, records: dict[str, str]) -> None:
     if runtime.memory is None:
         return
     runtime.memory.session = session
