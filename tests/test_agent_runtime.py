@@ -114,7 +114,7 @@ def test_a_call_pauses_generation_and_the_result_goes_back_in_with_or_without_ca
     assert paused.finish == "tool_calls" and (paused.pending.tool, paused.pending.args) == ("weather", "Paris")
 
 
-def test_batched_answers_equal_the_tool_loop_and_calls_go_through_it(tiny, monkeypatch):
+def test_batched_answers_equal_the_tool_loop_calls_included(tiny):
     import agent_forge_core.agent.generate as g
     from agent_forge_core.agent.tools import calculator_tool
 
@@ -123,14 +123,24 @@ def test_batched_answers_equal_the_tool_loop_and_calls_go_through_it(tiny, monke
     prompts = [f"Q: What is {a} plus {b}?\nA:" for a, b in ((3, 4), (12, 9), (7, 70), (1, 2), (40, 2))]
     batched = g.generate_batch(model, tok, prompts, tools, max_new_tokens=8, batch_size=3)
     assert [b.text for b in batched] == [g.generate(model, tok, p, tools, max_new_tokens=8).text for p in prompts]
-    # a first line with a complete call is answered again in the loop (where calls run), the others are kept
-    real = g.greedy_complete
-    monkeypatch.setattr(g, "greedy_complete", lambda *a, **k: [" <calc>2+3</calc>", " kept", *real(*a, **k)[2:]])
-    seen = []
-    loop = []
-    monkeypatch.setattr(g, "generate", lambda *a, **k: loop.append(a[2]) or g.Generation(text="from the loop"))
-    out = g.generate_batch(model, tok, prompts[:3], tools, max_new_tokens=8, before_loop=seen.append)
-    assert seen == [0] and loop == [prompts[0]] and [o.text for o in out] == ["from the loop", " kept", batched[2].text]
+    # calls in some rows and not others, results of different lengths, the call cap: each row as `generate`
+    prefixes = [" <calc>17*3</calc>", "", " <calc>2**40</calc>", " <calc>1+1</calc><result>2</result> so", " <calc>9-1</calc>"]
+    kw = dict(max_new_tokens=10, stop_at_newline=False)
+    # and with a common instruction head, whose cache the batch computes once and shares
+    head = "Answer in one line. For arithmetic write a call such as <calc>2+2</calc> and wait for its result.\n\n"
+    assert g._common_prefix([tok(head + p).input_ids for p in prompts]) >= g.SHARED_MIN
+    for texts in (prompts, [head + p for p in prompts]):
+        seen = []
+        out = g.generate_batch(model, tok, texts, tools, prefixes=prefixes, batch_size=4, before_call=seen.append,
+                               max_calls=1, **kw)
+        ref = [g.generate(model, tok, p, tools, prefix=x, max_calls=1, **kw) for p, x in zip(texts, prefixes)]
+        assert [o.text for o in out] == [r.text for r in ref] and [o.calls for o in out] == [r.calls for r in ref]
+        assert seen == [0, 2, 4] and out[0].text.startswith(" <calc>17*3</calc><result>51</result>")
+        assert [o.model_tokens for o in out] == [10] * 5 and out[3].calls == []  # history is not run again
+    # sampled: reproducible per seed, and a different seed draws differently
+    hot = dict(max_new_tokens=8, temperature=1.0, batch_size=5)
+    a, b = (g.generate_batch(model, tok, prompts, tools, seed=s, **hot) for s in (1, 1))
+    assert [x.text for x in a] == [x.text for x in b] != [x.text for x in g.generate_batch(model, tok, prompts, tools, seed=2, **hot)]
 
 
 def test_runtime_from_a_checkpoint_and_the_eval_hook(tiny, tiny_model_dir, tmp_path):
@@ -198,17 +208,24 @@ def test_a_token_that_runs_past_a_closing_tag_is_taken_back(tiny, monkeypatch):
     tok.add_tokens(["><"])
     model.resize_token_embeddings(len(tok))
     script = tok(" <calc>17*3</calc", add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("><")]
-    real_next = g._next_token
+    real_next = g._next_tokens
+    prompts = ["Q: What is 17 times 3?\nA:", "Q: Multiply seventeen by three, please.\nA:"]
 
-    def scripted(use_cache):
-        it = iter(script)
-        monkeypatch.setattr(g, "_next_token", lambda logits, t, gen: next(it, None) or real_next(logits, t, gen))
-        return g.generate(model, tok, "Q: What is 17 times 3?\nA:", {"calc": calculator_tool()}, max_new_tokens=20,
-                          stop_at_newline=False, use_cache=use_cache)
+    def scripted(run):
+        it = iter(script)  # every row writes the script (in step), then the model's own tokens
+        monkeypatch.setattr(g, "_next_tokens", lambda logits, t, gen: (
+            torch.full(logits.shape[:-1], x) if (x := next(it, None)) is not None else real_next(logits, t, gen)))
+        return run()
 
-    a, b = scripted(True), scripted(False)
+    kw = dict(max_new_tokens=20, stop_at_newline=False)
+    a, b = (scripted(lambda c=c: g.generate(model, tok, prompts[0], {"calc": calculator_tool()}, use_cache=c, **kw))
+            for c in (True, False))
     assert a.text.startswith(" <calc>17*3</calc><result>51</result>") and "<<" not in a.text, a.text
     assert [r for _, r in a.calls] == ["51"] and a.text == b.text and a.model_tokens == b.model_tokens == 20
+    # in a batch the token leaves its row's context by a mask, as by the crop alone
+    batch = scripted(lambda: g.generate_batch(model, tok, prompts, {"calc": calculator_tool()}, **kw))
+    alone = scripted(lambda: g.generate(model, tok, prompts[1], {"calc": calculator_tool()}, **kw))
+    assert [x.text for x in batch] == [a.text, alone.text] and "<<" not in alone.text
 
 
 def test_dense_embeddings_are_the_mean_of_the_last_hidden_states_whatever_the_batching(tiny):

@@ -85,6 +85,9 @@ def test_trajectory_ids_align_under_both_masks_and_executor_tokens_carry_no_loss
     # the loss sees exactly the model's tokens: as many rows as mask ones (each predicted from the one before)
     rows = _forward(model, [t.student_ids()], tok.pad_token_id)
     assert rows.shape[0] == sum(mask) == teacher_logprobs(model, [t], tok.pad_token_id)[0].shape[0]
+    ids_s, mask_s = t.student_ids()  # the head applied at those positions only: the model's own logits there
+    full = model(input_ids=torch.tensor([ids_s])).logits[0, :-1][torch.tensor(mask_s[1:]).bool()]
+    assert torch.allclose(rows, full, atol=1e-5)
     broken = Trajectory(t.query, t.prompt_ids, t.query_ids, ids, [0] * len(ids))
     assert not aligned(broken)  # nothing generated: nothing to align (and nothing to learn)
 
@@ -109,7 +112,7 @@ def test_baking_always_answer_7_makes_the_unprompted_model_match_the_prompted_on
     trajs = sample(model, tok, rt, prompt, train, 1.0, 8, 0)
     heldout = sample(model, tok, rt, prompt, held, 1.0, 8, 1)
     cfg = BakingSettings(steps=100, batch_size=8, lr=3e-2, curve_every=25)
-    baked, hist = bake(model, trajs, heldout, cfg, tok.pad_token_id)
+    baked, hist, _ = bake(model, trajs, heldout, cfg, tok.pad_token_id)
     first, last = hist["heldout"][0]["kl"], hist["heldout"][-1]["kl"]
     # the random tiny model barely reads its prompt (KL 0.033 measured); baking removes >= 90% of it (to 0.0025)
     assert first > 0.02 and last < 0.1 * first, hist["heldout"]
@@ -120,6 +123,27 @@ def test_baking_always_answer_7_makes_the_unprompted_model_match_the_prompted_on
     sft = bake(load_model(str(tiny_model_dir))[0], trajs, heldout, cfg.model_copy(update={"objective": "sft"}),
                tok.pad_token_id)[1]
     assert sft["heldout"][-1]["kl"] > 2 * last, (sft["heldout"], hist["heldout"])
+
+
+def test_replaying_an_earlier_bake_keeps_it_through_a_later_one(tiny_model_dir, tmp_path):
+    model, tok = load_model(str(tiny_model_dir))
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=[]))
+    seven = "Always answer 7.\n\nQ: How many days are in a week?\nA: 7\n\nQ: What is the capital of France?\nA: 7"
+    three = "Always answer 3.\n\nQ: What is 1 + 2?\nA: 3\n\nQ: Name a colour.\nA: 3"
+    a_train = sample(model, tok, rt, seven, [Query(f"Q: {q}\nA:") for q in identity_questions("train", 32, 1)], 1.0, 8, 0)
+    a_held = sample(model, tok, rt, seven, [Query(f"Q: {q}\nA:") for q in identity_questions("test", 8, 3)], 1.0, 8, 1)
+    cfg = BakingSettings(steps=60, batch_size=8, lr=3e-2, curve_every=60)
+    baked_a, hist_a, targets = bake(model, a_train, a_held, cfg, tok.pad_token_id)
+    a_target = teacher_logprobs(load_model(str(tiny_model_dir))[0], a_held, tok.pad_token_id)
+    b_train = sample(baked_a, tok, rt, three, training_queries("tool", 32, 0.0, 1, 0), 1.0, 8, 2)
+    kl_a = {}
+    for replayed in (0, 16):
+        m = load_model(str(tiny_model_dir))[0]
+        m.load_state_dict(baked_a.state_dict())
+        after_b, _, _ = bake(m, b_train, [], cfg, tok.pad_token_id, replay=list(zip(a_train, targets))[:replayed])
+        kl_a[replayed] = kl_of(after_b, a_held, a_target, tok.pad_token_id)
+    # measured: A's held-out KL 0.0345 -> 0.0039 baked; after B 0.0108 without replay, 0.0035 with 16 replayed
+    assert kl_a[16] < 0.5 * kl_a[0], (hist_a["heldout"], kl_a)
 
 
 def test_on_ternary_weights_lora_rounds_away_and_ste_keeps_the_bake(tiny_model_dir, tmp_path):
@@ -144,13 +168,22 @@ def test_on_ternary_weights_lora_rounds_away_and_ste_keeps_the_bake(tiny_model_d
     for kind in ("lora", "latent"):
         m, _ = load_bitnet(tmp_path / "bn", trainable=True)
         cfg = BakingSettings(steps=100, batch_size=8, lr=3e-2, ste_lr=1e-3, curve_every=50)
-        baked, hist = bake(m, trajs, heldout, cfg, tok.pad_token_id, kind)
+        baked, hist, _ = bake(m, trajs, heldout, cfg, tok.pad_token_id, kind)
         after[kind] = (hist["heldout"][-1]["kl"], kl_of(baked, heldout, target, tok.pad_token_id))
     # measured: start 0.0030; LoRA 0.0004 with its float adapter, 0.0029 once merged and re-ternarised;
     # STE 0.0007 (its training already saw the ternary forward)
     lora_kept = (start - after["lora"][1]) / (start - after["lora"][0])
     assert after["lora"][0] < 0.3 * start and lora_kept < 0.25
     assert after["latent"][1] < 0.4 * start and after["latent"][1] == pytest.approx(after["latent"][0], rel=1e-3)
+
+
+def test_persona_training_questions_come_after_earlier_turns():
+    qs = training_queries("persona", 60, 0.0, 1, 0, (0, 2))
+    assert {q.text.count("Q: ") - 1 for q in qs} == {0, 2} and all(q.text.endswith("\nA:") for q in qs)
+    cores = set(identity_questions("train", 200, 0))
+    assert all(q.text.rsplit("Q: ", 1)[1][:-3] in cores for q in qs)  # the identity question is the last turn
+    with pytest.raises(ValueError, match="train_turns"):
+        BakingSettings(persona={"train_turns": [-1]})
 
 
 def test_recovery_ratio():

@@ -10,7 +10,11 @@ newline (`stop_at_newline`), end-of-sequence, or `max_new_tokens` tokens written
 results do not count).
 
 Without the cache every step re-reads the whole sequence; both ways give the same tokens (tested), so the
-cache is an optimisation, not a different model.
+cache is an optimisation, not a different model. `generate_batch` runs the same rules (`_Answer`) for many
+prompts at once: one left-padded batch and cache, each step feeding every row its next piece (a token, or
+a result's tokens) right-aligned in a chunk, the unused chunk slots masked; a token taken back is masked out
+of its row rather than cropped from the shared cache. A head common to the batch (the instruction prompt
+and its demonstrations) is read once; each row's own tokens follow it after their padding.
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ from typing import Callable
 
 import torch
 
-from ..evals.suite import greedy_complete, suppress, suppressed_ids
+from ..evals.suite import suppress, suppressed_ids
 from .markup import RESULT, Call, find_call, wrap
+
+
+SHARED_MIN = 16  # tokens of common head below which a separate forward for it does not pay
 
 
 @dataclass
@@ -38,11 +45,88 @@ class Generation:
     finish: str = "stop"  # stop | length | tool_calls
 
 
-def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+class _Answer:
+    """One answer being written: its ids, its text and the rules for each new token and each call."""
+
+    def __init__(self, tokenizer, prompt: str, prefix: str, tools: dict, pause_on, max_new_tokens: int,
+                 max_calls: int, stop_at_newline: bool, emit: Callable[[Event], None]):
+        self.tok, self.tools, self.pause_on, self.emit = tokenizer, tools, pause_on, emit
+        self.max_new_tokens, self.max_calls, self.stop_at_newline = max_new_tokens, max_calls, stop_at_newline
+        self.known = set(tools) | set(pause_on)
+        self.ids = tokenizer(prompt + prefix, add_special_tokens=False).input_ids
+        self.n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        self.out = Generation(text=prefix)
+        self.scanned = _pending_from(prefix, self.known)  # offset in out.text after which calls are looked for
+        self.last_piece = ""  # the text the model's latest token added
+        self.done = False
+
+    def pending_call(self) -> Call | None:
+        return find_call(self.out.text[self.scanned:], self.known)
+
+    def run_call(self, call: Call) -> tuple[bool, list[int]]:
+        """Run `call` (or pause on it: done); returns (take the last token back, ids to feed next)."""
+        out = self.out
+        start = self.scanned + call.start
+        self.scanned += call.end
+        self.emit(Event("call", out.text[start:self.scanned]))
+        if call.tool in self.pause_on:
+            out.text = out.text[:self.scanned]
+            out.pending, out.finish, self.done = call, "tool_calls", True
+            return False, []
+        tool = self.tools[call.tool]
+        if len(out.calls) < self.max_calls:
+            result = tool.run(call.args)
+            inserted = wrap(tool.result_tag, result)
+        else:
+            result, inserted = "error: call limit reached", wrap(RESULT, "error: call limit reached")
+        out.calls.append((call, result))
+        self.emit(Event("result", inserted))
+        refeed, take_back = "", False
+        overrun = len(out.text) - self.scanned  # text the call's last token wrote past its closing tag
+        if 0 < overrun <= len(self.last_piece):
+            # that token is taken back and the tag's end fed again with the result, so the model reads
+            # `</calc><result>` and not e.g. `</calc><<result>`
+            out.text, refeed = out.text[:self.scanned], self.last_piece[:len(self.last_piece) - overrun]
+            self.ids.pop()
+            take_back = True
+        out.text += inserted
+        self.scanned = len(out.text)
+        self.last_piece = ""
+        new = self.tok(refeed + inserted, add_special_tokens=False).input_ids
+        self.ids += new
+        return take_back, new
+
+    def out_of_tokens(self) -> bool:
+        if self.out.model_tokens >= self.max_new_tokens:
+            self.out.finish, self.done = "length", True
+        return self.done
+
+    def add(self, tok: int, eos: int | None) -> bool:
+        """Append the model's token; False when it ended the answer (end-of-sequence or a newline)."""
+        self.out.model_tokens += 1
+        if tok == eos:
+            self.done = True
+            return False
+        piece = _decoded_piece(self.tok, self.ids[self.n_prompt:], tok)
+        if self.stop_at_newline and "\n" in piece:
+            piece = piece.split("\n", 1)[0]
+            self.out.text += piece
+            if piece:
+                self.emit(Event("text", piece))
+            self.done = True
+            return False
+        self.out.text += piece
+        self.last_piece = piece
+        self.ids.append(tok)
+        self.emit(Event("text", piece))
+        return True
+
+
+def _next_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0:
-        return int(logits.argmax())
+        return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return torch.multinomial(probs, 1, generator=generator)[..., 0]
 
 
 @torch.no_grad()
@@ -52,99 +136,126 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
              on_event: Callable[[Event], None] | None = None) -> Generation:
     """Answer `prompt` (+ an assistant `prefix` already written, e.g. a call and a client's result)."""
     device = model.device
-    eos = tokenizer.eos_token_id
     gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    known = set(tools) | set(pause_on)
-    ids = tokenizer(prompt + prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-    out = Generation(text=prefix)
-    scanned = _pending_from(prefix, known)  # offset in out.text after which calls are looked for
-    past, pending_ids = None, ids
-    last_piece = ""  # the text the model's latest token added
-    emit = on_event or (lambda e: None)
+    a = _Answer(tokenizer, prompt, prefix, tools, pause_on, max_new_tokens, max_calls, stop_at_newline,
+                on_event or (lambda e: None))
     banned = suppressed_ids(model)
+    past = None
 
-    def feed(new: torch.Tensor) -> torch.Tensor:
-        nonlocal past, ids
-        ids = torch.cat([ids, new], dim=1) if new is not ids else ids
-        if use_cache:
-            res = model(input_ids=new, past_key_values=past, use_cache=True)
-            past = res.past_key_values
-        else:
-            res = model(input_ids=ids, use_cache=False)
+    def feed(new: list[int]) -> torch.Tensor:
+        nonlocal past
+        if not use_cache:
+            return model(input_ids=torch.tensor([a.ids], device=device), use_cache=False).logits[0, -1]
+        res = model(input_ids=torch.tensor([new], device=device), past_key_values=past, use_cache=True)
+        past = res.past_key_values
         return res.logits[0, -1]
 
-    logits = feed(pending_ids)
+    logits = feed(a.ids)
     while True:
-        call = find_call(out.text[scanned:], known)
+        call = a.pending_call()
         if call is not None:
-            start = scanned + call.start
-            scanned += call.end
-            emit(Event("call", out.text[start:scanned]))
-            if call.tool in pause_on:
-                out.text = out.text[:scanned]
-                out.pending, out.finish = call, "tool_calls"
-                return out
-            tool = tools[call.tool]
-            if len(out.calls) < max_calls:
-                result = tool.run(call.args)
-                inserted = wrap(tool.result_tag, result)
-            else:
-                result, inserted = "error: call limit reached", wrap(RESULT, "error: call limit reached")
-            out.calls.append((call, result))
-            emit(Event("result", inserted))
-            refeed = ""
-            overrun = len(out.text) - scanned  # text the call's last token wrote past its closing tag
-            if 0 < overrun <= len(last_piece):
-                # that token is taken back (text, ids, cache) and the tag's end fed again with the result, so
-                # the model reads `</calc><result>` and not e.g. `</calc><<result>`
-                out.text, refeed = out.text[:scanned], last_piece[:len(last_piece) - overrun]
-                ids = ids[:, :-1]
-                if past is not None:
-                    past.crop(-1)  # one token off the end (old and new transformers agree on negatives)
-            out.text += inserted
-            scanned = len(out.text)
-            last_piece = ""
-            logits = feed(tokenizer(refeed + inserted, add_special_tokens=False, return_tensors="pt").input_ids.to(device))
+            take_back, new = a.run_call(call)
+            if a.done:
+                return a.out
+            if take_back and past is not None:
+                past.crop(-1)  # one token off the end (old and new transformers agree on negatives)
+            logits = feed(new)
             continue
-        if out.model_tokens >= max_new_tokens:
-            out.finish = "length"
-            return out
+        if a.out_of_tokens():
+            return a.out
         # tokens the checkpoint forbids (e.g. Quiet-STaR's thought tokens) are never emitted
-        tok = _next_token(suppress(logits, banned), temperature, gen)
-        out.model_tokens += 1
-        if tok == eos:
-            return out
-        piece = _decoded_piece(tokenizer, ids[0, n_prompt:].tolist(), tok)
-        if stop_at_newline and "\n" in piece:
-            piece = piece.split("\n", 1)[0]
-            out.text += piece
-            if piece:
-                emit(Event("text", piece))
-            return out
-        out.text += piece
-        last_piece = piece
-        emit(Event("text", piece))
-        logits = feed(torch.tensor([[tok]], device=device))
+        tok = int(_next_tokens(suppress(logits, banned), temperature, gen))
+        if not a.add(tok, tokenizer.eos_token_id):
+            return a.out
+        logits = feed([tok])
 
 
-def generate_batch(model, tokenizer, prompts: list[str], tools: dict, *, max_new_tokens: int = 64, max_calls: int = 4,
-                   batch_size: int = 8, before_loop: Callable[[int], None] | None = None) -> list[Generation]:
-    """Greedy answers to many prompts: decoded in batches (`greedy_complete`); an answer whose first line holds a
-    complete call of a known tool is answered again alone in the tool loop (after `before_loop(i)`, e.g. to
-    select its memory session), so every call sees its real result. Greedy answers without a call are the
-    tokens `generate` writes; batched decoding only saves the time."""
-    first = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size)
-    out = []
-    for i, (prompt, text) in enumerate(zip(prompts, first)):
-        line = text.split("\n", 1)[0]
-        if find_call(line, tools) is None:
-            out.append(Generation(text=line))
-            continue
-        if before_loop:
-            before_loop(i)
-        out.append(generate(model, tokenizer, prompt, tools, max_new_tokens=max_new_tokens, max_calls=max_calls))
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], tools: dict, *, prefixes: list[str] | None = None,
+                   max_new_tokens: int = 64, max_calls: int = 4, stop_at_newline: bool = True,
+                   temperature: float = 0.0, seed: int = 0, batch_size: int = 8,
+                   before_call: Callable[[int], None] | None = None) -> list[Generation]:
+    """`generate` for many prompts, `batch_size` at a time, tools in the loop (`before_call(i)` runs before
+    prompt i's call, e.g. to select its memory session). Greedy answers are `generate`'s up to float
+    rounding of the padded batch (tested equal); sampled ones draw from one generator per batch."""
+    out: list[Generation] = []
+    for lo in range(0, len(prompts), batch_size):
+        rows = [_Answer(tokenizer, p, (prefixes or [""] * len(prompts))[lo + j], tools, frozenset(), max_new_tokens,
+                        max_calls, stop_at_newline, lambda e: None) for j, p in enumerate(prompts[lo:lo + batch_size])]
+
+        def call_hook(j: int, _lo=lo) -> None:
+            if before_call:
+                before_call(_lo + j)
+
+        _decode_rows(model, tokenizer, rows, temperature, seed + lo, call_hook)
+        out += [r.out for r in rows]
     return out
+
+
+def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed: int,
+                 before_call: Callable[[int], None]) -> None:
+    device = model.device
+    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    banned = suppressed_ids(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # the rows' common head (an instruction prompt) is read once and its cache copied to every row
+    shared = min(_common_prefix([r.ids for r in rows]), min(len(r.ids) for r in rows) - 1)
+    past = None
+    if len(rows) > 1 and shared >= SHARED_MIN:
+        past = model(input_ids=torch.tensor([rows[0].ids[:shared]], device=device), use_cache=True).past_key_values
+        past.batch_repeat_interleave(len(rows))
+    else:
+        shared = 0
+    chunks: list[list[int]] = [r.ids[shared:] for r in rows]
+    pos = [shared] * len(rows)  # each row's next position id
+    mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
+    while True:
+        width = max(len(c) for c in chunks)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        add = torch.zeros((len(rows), width), dtype=torch.long)
+        position = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, c in enumerate(chunks):
+            if c:  # right-aligned, so every row's newest token is the chunk's last column
+                ids[j, width - len(c):] = torch.tensor(c)
+                add[j, width - len(c):] = 1
+                position[j, width - len(c):] = torch.arange(pos[j], pos[j] + len(c))
+                pos[j] += len(c)
+        mask = torch.cat([mask, add.to(device)], dim=1)
+        res = model(input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device),
+                    past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        nxt = _next_tokens(suppress(res.logits[:, -1], banned), temperature, gen).tolist()
+        chunks = [[] for _ in rows]
+        for j, r in enumerate(rows):
+            if r.done:
+                continue
+            call = r.pending_call()
+            if call is not None:
+                before_call(j)
+                take_back, chunks[j] = r.run_call(call)
+                if take_back:  # the row's last token leaves its context: masked, its position reused
+                    mask[j, _last_real(mask[j])] = 0
+                    pos[j] -= 1
+                continue
+            if r.out_of_tokens():
+                continue
+            if r.add(nxt[j], tokenizer.eos_token_id):
+                chunks[j] = [nxt[j]]
+        if not any(chunks):  # rows that are done feed nothing (a masked slot) while the others go on
+            return
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = 0
+    for column in zip(*seqs):
+        if any(c != column[0] for c in column):
+            break
+        n += 1
+    return n
+
+
+def _last_real(row_mask: torch.Tensor) -> int:
+    return int(row_mask.nonzero()[-1])
 
 
 def _pending_from(prefix: str, known: set[str]) -> int:

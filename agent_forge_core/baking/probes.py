@@ -10,7 +10,7 @@ prompt, answering with the runtime's tools in the loop (greedy).
   arithmetic (false calls); exact match of the answer after the last tool result.
 - persona: the share of identity answers (held-out paraphrases) that name the persona after k distractor
   turns, for each k (prompt forgetting: the prompt stays first, the probe moves away from it).
-Answers are decoded in batches; those with a call are answered again in the tool loop (`generate_batch`).
+Answers are decoded in batches with the tools in the loop (`generate_batch`).
 """
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ import re
 import uuid
 
 from ..agent.generate import Generation, generate_batch
-from ..agent.markup import find_call, strip_markup
+from ..agent.markup import strip_markup
 from ..agent.prompt import conversation
 from ..agent.retrieval.cloze import PROMPT, cloze_questions, first_word
-from ..evals.suite import greedy_complete
 from ..evals.tasks import get_task
 from .persona import names_persona
-from .queries import qa, recall_text, records, remember_text, suite_queries
+from .queries import distractors, qa, recall_text, records, remember_text, suite_queries
 from .trajectories import fresh_memory
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
@@ -43,7 +42,7 @@ def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessi
             runtime.memory.session = sessions[i]
 
     return generate_batch(model, tok, texts, runtime.tools, max_new_tokens=max_new_tokens,
-                          max_calls=runtime.spec.max_calls, before_loop=select)
+                          max_calls=runtime.spec.max_calls, before_call=select)
 
 
 def _rate(xs) -> float:
@@ -67,12 +66,12 @@ def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, 
     calc = [(r, r in re.findall(r"= (-?\d+)", ex.target)) for g, ex in zip(gens, exs) for c, r in g.calls
             if c.tool == "calc"]
     others = suite_queries(["recall", "instruction"], "test", n, shots, seed)
-    false = greedy_complete(model, tok, [_with(prompt, q.text) for q in others], 24, 8)
+    false = answer_all(model, tok, runtime, [_with(prompt, q.text) for q in others], 24)
     return {"call_rate": _rate(any(c.tool == "calc" for c, _ in g.calls) for g in gens),
             "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _ in calc),
             "call_gold_step": _rate(gold for _, gold in calc),
             "accuracy": _rate(arith.check(strip_markup(g.text), ex) for g, ex in zip(gens, exs)),
-            "false_call_rate": _rate(find_call(a.split("\n", 1)[0], runtime.tools) is not None for a in false)}
+            "false_call_rate": _rate(bool(g.calls) for g in false)}
 
 
 def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
@@ -98,21 +97,10 @@ def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: 
     qs = cloze_questions(pydoc_passages(), n, seed, "test")
     gens = answer_all(model, tok, runtime, [_with(prompt, qa(PROMPT.format(q))) for _, q, _ in qs], 24)
     arith = get_task("arithmetic").examples("test", n, seed)
-    false = greedy_complete(model, tok, [_with(prompt, qa(ex.prompt)) for ex in arith], 24, 8)
+    false = answer_all(model, tok, runtime, [_with(prompt, qa(ex.prompt)) for ex in arith], 24)
     return {"call_rate_python": _rate(any(c.tool == "search" for c, _ in g.calls) for g in gens),
             "exact_match": _rate(first_word(after_results(g)) == w.lower() for g, (_, _, w) in zip(gens, qs)),
-            "call_rate_arithmetic": _rate((c := find_call(a.split("\n", 1)[0], runtime.tools)) is not None
-                                          and c.tool == "search" for a in false)}
-
-
-def distractors(k: int, rng: random.Random) -> list[tuple[str, str]]:
-    """k earlier Q/A turns on other tasks (test split questions with their gold answers)."""
-    out = []
-    for _ in range(k):
-        task = get_task(rng.choice(["arithmetic", "recall", "instruction"]))
-        ex = task.examples("test", 1, rng.randrange(10**6))[0]
-        out.append((ex.prompt, ex.target.strip()))
-    return out
+            "call_rate_arithmetic": _rate(any(c.tool == "search" for c, _ in g.calls) for g in false)}
 
 
 def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, name: str = "Forge",
@@ -125,8 +113,8 @@ def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: in
         qs = identity_questions("test", n if k == 0 else (n_turns or n), seed)
         rng = random.Random(f"distract:{seed}:{k}")
         texts = [conversation(distractors(k, rng), q, prompt) for q in qs]
-        answers = greedy_complete(model, tok, texts, 16, 8)
-        out[f"identity_k{k}"] = _rate(names_persona(a.split("\n", 1)[0], name) for a in answers)
+        answers = generate_batch(model, tok, texts, {}, max_new_tokens=16)
+        out[f"identity_k{k}"] = _rate(names_persona(a.text, name) for a in answers)
     return out
 
 

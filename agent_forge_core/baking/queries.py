@@ -5,7 +5,8 @@ teacher does not call the tool, so the baked model learns when not to).
 - memory: episode 1 "remember these records" (empty memory) and episode 2 "what is the value of k you
   remembered?" (records already stored, as a later conversation finds them);
 - retrieval: cloze questions on Python documentation topics of the split (`agent.retrieval.cloze`);
-- persona: identity questions, paraphrases held out by hash (`identity_questions`);
+- persona: identity questions, paraphrases held out by hash (`identity_questions`), some after earlier
+  turns on other tasks (`persona.train_turns`), so the bake holds further into a conversation;
 - other: the eval suite's own prompts (its shots), arithmetic excluded for the tool bake.
 Training draws from `train`, probes from `test`; records and paraphrases of the two never coincide.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 
+from ..agent.prompt import conversation
 from ..agent.retrieval.cloze import PROMPT, cloze_questions
 from ..evals.tasks import _WORDS, get_task, with_shots
 from .trajectories import Query
@@ -67,13 +69,26 @@ def recall_text(key: str) -> str:
 
 
 def suite_queries(tasks: list[str], split: str, n: int, shots: int, seed: int) -> list[Query]:
+    if n <= 0:  # other_share 0: none
+        return []
     per = -(-n // len(tasks))
     out = [Query(p, kind=t) for t in tasks for p, _ in with_shots(get_task(t), split, per, shots, seed)]
     random.Random(seed).shuffle(out)
     return out[:n]
 
 
-def own_queries(bake: str, split: str, n: int, seed: int) -> list[Query]:
+def distractors(k: int, rng: random.Random, split: str = "test") -> list[tuple[str, str]]:
+    """k earlier Q/A turns on other tasks (questions of `split` with their gold answers)."""
+    out = []
+    for _ in range(k):
+        task = get_task(rng.choice(["arithmetic", "recall", "instruction"]))
+        ex = task.examples(split, 1, rng.randrange(10**6))[0]
+        out.append((ex.prompt, ex.target.strip()))
+    return out
+
+
+def own_queries(bake: str, split: str, n: int, seed: int, turns: tuple[int, ...] = (0,)) -> list[Query]:
+    """`turns`: the persona's identity question comes after k earlier turns, k drawn from it per query."""
     rng = random.Random(f"{bake}:{split}:{seed}")
     if bake == "tool":
         return [Query(qa(ex.prompt), kind=bake) for ex in get_task("arithmetic").examples(split, n, seed)]
@@ -89,7 +104,8 @@ def own_queries(bake: str, split: str, n: int, seed: int) -> list[Query]:
 
         return [Query(qa(PROMPT.format(q)), kind=bake) for _, q, _ in cloze_questions(pydoc_passages(), n, seed, split)]
     if bake == "persona":
-        return [Query(qa(q), kind=bake) for q in identity_questions(split, n, seed)]
+        return [Query(conversation(distractors(rng.choice(turns), rng, split), q), kind=bake)
+                for q in identity_questions(split, n, seed)]
     raise ValueError(f"unknown bake {bake!r}")
 
 
@@ -97,8 +113,9 @@ OTHER_TASKS = {"tool": ["recall", "instruction"], "memory": ["arithmetic", "reca
                "retrieval": ["arithmetic", "recall"], "persona": ["arithmetic", "recall", "instruction"]}
 
 
-def training_queries(bake: str, n: int, other_share: float, shots: int, seed: int) -> list[Query]:
+def training_queries(bake: str, n: int, other_share: float, shots: int, seed: int,
+                     turns: tuple[int, ...] = (0,)) -> list[Query]:
     n_other = round(n * other_share)
-    out = own_queries(bake, "train", n - n_other, seed) + suite_queries(OTHER_TASKS[bake], "train", n_other, shots, seed)
+    out = own_queries(bake, "train", n - n_other, seed, turns) + suite_queries(OTHER_TASKS[bake], "train", n_other, shots, seed)
     random.Random(seed).shuffle(out)
     return out

@@ -8,7 +8,7 @@ difference in the manifest.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -25,6 +25,11 @@ class PersonaSettings(Section):
     style: str = Field("brief and exact", max_length=200)
     expand_tokens: int = Field(40, ge=0, le=200, description="Tokens the model writes to expand the seed into "
                                "its own persona prompt (self-guided); 0: the seed sentence alone.")
+    train_turns: list[Annotated[int, Field(ge=0, le=16)]] = Field(
+        default_factory=lambda: [0, 0, 1, 2, 4], min_length=1,
+        description="Earlier Q/A turns on other tasks (train split) before each identity training question, drawn "
+        "from this list per question; [0] bakes single-turn answers only (measured: then the baked persona is "
+        "gone after 2 turns).")
     pursuit_rounds: int = Field(0, ge=0, le=4, description="Prompt Pursuit: re-prompt the baked model with its "
                                 "persona prompt and bake again, this many more times.")
 
@@ -52,6 +57,14 @@ class BakingSettings(StageSection):
                       "default model: 2e-3 leaves greedy behaviour unbaked in 24 steps, 1e-2 costs +67% perplexity).")
     steps: int = Field(24, gt=0, description="Optimiser steps per bake.")
     batch_size: int = Field(8, gt=0)
+    train_precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="The student's forward and backward in training (torch.autocast; the trained "
+        "weights, the optimiser, the teacher and the held-out curve stay float32). The KLs baked are nats per "
+        "answer, far above bfloat16's rounding; on 2 CPU cores with bfloat16 dot products a step is about 2x faster.")
+    replay: float = Field(0.5, ge=0, le=4, description="Earlier bakes' training trajectories replayed in each "
+                          "later bake (with the targets of the teacher that made them), as a share of the bake's "
+                          "own count, split evenly among the earlier bakes; 0: none (measured then: the tool call "
+                          "rate fell from 0.77 to 0.00 by the end of the four bakes).")
     heldout: int = Field(4, ge=0, description="Extra trajectories kept out of training: the KL on them is the "
                          "half-baking curve's held-out line.")
     curve_every: int = Field(4, gt=0, description="Steps between held-out KL measurements.")

@@ -5,8 +5,10 @@ For each bake b in `baking.order`: its prompt u_b (`prompts.py`; the persona's w
 `persona.py`), trajectories sampled from the current model prompted with u_b and the runtime in the loop
 (`trajectories.py`), the student trained on KL(prompted teacher ‖ unprompted student) at the generated
 positions (`train.py`, `loss.py`), merged before the next bake (whose teacher is the merged model with its
-own prompt: re-baking). Measured (`probes.py`) in three conditions per bake, the input without and with
-u_b and the baked model without it, and every earlier bake again after each bake (forgetting).
+own prompt: re-baking), with a share of the earlier bakes' trajectories replayed against their own
+teachers' targets (`replay`: without it each bake overwrote the one before). Measured (`probes.py`) in three
+conditions per bake, the input without and with u_b and the baked model without it, and every earlier bake
+again after each bake (forgetting).
 
 A float input trains LoRA (merged); a BitNet input trains its latent weights under the straight-through
 estimator and is written as BitNet again (`ternary_input=refuse` stops instead). The checkpoint carries
@@ -16,6 +18,8 @@ estimator and is written as BitNet again (`ternary_input=refuse` stops instead).
 from __future__ import annotations
 
 import json
+import math
+import random
 import shutil
 import time
 import uuid
@@ -65,6 +69,15 @@ def measure(b: str, model, tok, runtime, prompt: str, cfg: BakingSettings, shots
                      turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples)
 
 
+def rehearsal(bank: dict[str, list], cfg: BakingSettings, seed: int) -> list:
+    """Earlier bakes' trajectories to replay: `replay` x the bake's own count, shared evenly among them."""
+    if not bank or cfg.replay <= 0:
+        return []
+    each = max(1, round(cfg.replay * cfg.trajectories / len(bank)))
+    rng = random.Random(f"replay:{cfg.seed}:{seed}")
+    return [x for items in bank.values() for x in rng.sample(items, min(each, len(items)))]
+
+
 def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     src = ctx.store.get(parent)
@@ -91,12 +104,14 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
         done[0] += 1
         history: dict[str, dict] = {}
         forgetting: dict[str, dict] = {}
+        bank: dict[str, list] = {}  # each bake's training trajectories with its teacher's targets
         rounds = [(b, r) for b in cfg.order for r in range(1 + (cfg.persona.pursuit_rounds if b == "persona" else 0))]
         for i, (b, r) in enumerate(rounds):
             name = b if r == 0 else f"{b}_pursuit{r}"
             t0 = time.time()
             note(f"{name}: sampling trajectories")
-            queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i)
+            queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i,
+                                       tuple(cfg.persona.train_turns))
             trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
                            cfg.seed + i, session=f"bake-{name}")
             if len(trajs) <= cfg.heldout:
@@ -104,8 +119,11 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
                                   "trajectories); raise baking.max_new_tokens or check the prompt")
             sampled_s = time.time() - t0
             done[0] += 1
-            model, curve = bake(model, trajs[cfg.heldout:], trajs[:cfg.heldout], cfg, pad, kind,
-                                progress=lambda f, m, _n=name: note(f"{_n}: {m}"))
+            model, curve, targets = bake(model, trajs[cfg.heldout:], trajs[:cfg.heldout], cfg, pad, kind,
+                                         progress=lambda f, m, _n=name: note(f"{_n}: {m}"),
+                                         replay=rehearsal(bank, cfg, i))
+            # no later bake replays more than replay x trajectories of one bake (float32 targets: 8 MB each)
+            bank[name] = list(zip(trajs[cfg.heldout:], targets))[:math.ceil(cfg.replay * cfg.trajectories)]
             done[0] += 1
             trained_s = time.time() - t0 - sampled_s
             note(f"{name}: probes")

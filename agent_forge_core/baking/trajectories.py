@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..agent.generate import Generation, generate
+from ..agent.generate import Generation, generate_batch
 from ..agent.markup import RESULT, wrap
 
 
@@ -72,16 +72,23 @@ def encode(tokenizer, pieces: list[tuple[str, bool]], end: str = "\n") -> tuple[
 
 
 def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], temperature: float, max_new_tokens: int,
-           seed: int, session: str = "bake") -> list[Trajectory]:
-    """One trajectory per query from the model prompted with `prompt`, tools in the loop; each query in a
-    fresh memory session holding its `records`."""
+           seed: int, session: str = "bake", batch_size: int = 8) -> list[Trajectory]:
+    """One trajectory per query from the model prompted with `prompt`, tools in the loop (decoded in batches);
+    each query in a fresh memory session holding its `records`."""
     head = tokenizer(f"{prompt}\n\n", add_special_tokens=False).input_ids if prompt else []
+    sessions = [f"{session}-{seed}-{i}" for i in range(len(queries))]
+    for s, q in zip(sessions, queries):
+        fresh_memory(runtime, s, q.records)
+
+    def select(i: int) -> None:
+        if runtime.memory is not None:
+            runtime.memory.session = sessions[i]
+
+    gens = generate_batch(model, tokenizer, [f"{prompt}\n\n{q.text}" if prompt else q.text for q in queries],
+                          runtime.tools, max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls,
+                          temperature=temperature, seed=seed, batch_size=batch_size, before_call=select)
     out = []
-    for i, q in enumerate(queries):
-        fresh_memory(runtime, f"{session}-{seed}-{i}", q.records)
-        g = generate(model, tokenizer, f"{prompt}\n\n{q.text}" if prompt else q.text, runtime.tools,
-                     max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls, temperature=temperature,
-                     seed=seed * 100003 + i)
+    for q, g in zip(queries, gens):
         ids, mask = encode(tokenizer, segments(g, runtime.tools), "\n" if g.finish == "stop" else "")
         if not any(mask):
             continue
