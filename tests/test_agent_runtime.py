@@ -3,6 +3,7 @@ sessions, retrieval (BM25, dense, fusion, hypergraph, save/load), and the tool l
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def test_batched_answers_equal_the_tool_loop_calls_included(tiny):
     kw = dict(max_new_tokens=10, stop_at_newline=False)
     # and with a common instruction head, whose cache the batch computes once and shares
     head = "Answer in one line. For arithmetic write a call such as <calc>2+2</calc> and wait for its result.\n\n"
-    assert g._common_prefix([tok(head + p).input_ids for p in prompts]) >= g.SHARED_MIN
+    assert len(os.path.commonprefix([tok(head + p).input_ids for p in prompts])) >= g.SHARED_MIN
     for texts in (prompts, [head + p for p in prompts]):
         seen = []
         out = g.generate_batch(model, tok, texts, tools, prefixes=prefixes, batch_size=4, before_call=seen.append,

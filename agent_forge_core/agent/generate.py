@@ -18,6 +18,7 @@ and its demonstrations) is read once; each row's own tokens follow it after thei
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -178,10 +179,11 @@ def generate_batch(model, tokenizer, prompts: list[str], tools: dict, *, prefixe
     """`generate` for many prompts, `batch_size` at a time, tools in the loop (`before_call(i)` runs before
     prompt i's call, e.g. to select its memory session). Greedy answers are `generate`'s up to float
     rounding of the padded batch (tested equal); sampled ones draw from one generator per batch."""
+    prefixes = prefixes or [""] * len(prompts)
     out: list[Generation] = []
     for lo in range(0, len(prompts), batch_size):
-        rows = [_Answer(tokenizer, p, (prefixes or [""] * len(prompts))[lo + j], tools, frozenset(), max_new_tokens,
-                        max_calls, stop_at_newline, lambda e: None) for j, p in enumerate(prompts[lo:lo + batch_size])]
+        rows = [_Answer(tokenizer, p, x, tools, frozenset(), max_new_tokens, max_calls, stop_at_newline, lambda e: None)
+                for p, x in zip(prompts[lo:lo + batch_size], prefixes[lo:lo + batch_size])]
 
         def call_hook(j: int, _lo=lo) -> None:
             if before_call:
@@ -199,7 +201,7 @@ def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed
     banned = suppressed_ids(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # the rows' common head (an instruction prompt) is read once and its cache copied to every row
-    shared = min(_common_prefix([r.ids for r in rows]), min(len(r.ids) for r in rows) - 1)
+    shared = min(len(os.path.commonprefix([r.ids for r in rows])), min(len(r.ids) for r in rows) - 1)
     past = None
     if len(rows) > 1 and shared >= SHARED_MIN:
         past = model(input_ids=torch.tensor([rows[0].ids[:shared]], device=device), use_cache=True).past_key_values
@@ -233,8 +235,8 @@ def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed
             if call is not None:
                 before_call(j)
                 take_back, chunks[j] = r.run_call(call)
-                if take_back:  # the row's last token leaves its context: masked, its position reused
-                    mask[j, _last_real(mask[j])] = 0
+                if take_back:  # the row's newest token (the last column) leaves its context, its position reused
+                    mask[j, -1] = 0
                     pos[j] -= 1
                 continue
             if r.out_of_tokens():
@@ -243,19 +245,6 @@ def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed
                 chunks[j] = [nxt[j]]
         if not any(chunks):  # rows that are done feed nothing (a masked slot) while the others go on
             return
-
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    n = 0
-    for column in zip(*seqs):
-        if any(c != column[0] for c in column):
-            break
-        n += 1
-    return n
-
-
-def _last_real(row_mask: torch.Tensor) -> int:
-    return int(row_mask.nonzero()[-1])
 
 
 def _pending_from(prefix: str, known: set[str]) -> int:

@@ -25,7 +25,7 @@ from ..agent.retrieval.cloze import PROMPT, cloze_questions, first_word
 from ..evals.tasks import get_task
 from .persona import names_persona
 from .queries import distractors, qa, recall_text, records, remember_text, suite_queries
-from .trajectories import fresh_memory
+from .trajectories import fresh_memory, in_session
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -36,13 +36,9 @@ def _with(prompt: str, text: str) -> str:
 
 def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessions: list[str] | None = None):
     """Greedy answers with the tools in the loop; each in its own memory session when `sessions` are given."""
-
-    def select(i: int) -> None:
-        if sessions and runtime.memory is not None:
-            runtime.memory.session = sessions[i]
-
+    hook = in_session(runtime, sessions) if sessions else None
     return generate_batch(model, tok, texts, runtime.tools, max_new_tokens=max_new_tokens,
-                          max_calls=runtime.spec.max_calls, before_call=select)
+                          max_calls=runtime.spec.max_calls, before_call=hook)
 
 
 def _rate(xs) -> float:

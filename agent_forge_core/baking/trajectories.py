@@ -80,13 +80,10 @@ def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], tempera
     for s, q in zip(sessions, queries):
         fresh_memory(runtime, s, q.records)
 
-    def select(i: int) -> None:
-        if runtime.memory is not None:
-            runtime.memory.session = sessions[i]
-
     gens = generate_batch(model, tokenizer, [f"{prompt}\n\n{q.text}" if prompt else q.text for q in queries],
                           runtime.tools, max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls,
-                          temperature=temperature, seed=seed, batch_size=batch_size, before_call=select)
+                          temperature=temperature, seed=seed, batch_size=batch_size,
+                          before_call=in_session(runtime, sessions))
     out = []
     for q, g in zip(queries, gens):
         ids, mask = encode(tokenizer, segments(g, runtime.tools), "\n" if g.finish == "stop" else "")
@@ -94,6 +91,16 @@ def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], tempera
             continue
         out.append(Trajectory(q, head, tokenizer(q.text, add_special_tokens=False).input_ids, ids, mask, g.text))
     return out
+
+
+def in_session(runtime, sessions: list[str]):
+    """`generate_batch`'s hook: answer i's calls use memory session `sessions[i]`."""
+
+    def select(i: int) -> None:
+        if runtime.memory is not None:
+            runtime.memory.session = sessions[i]
+
+    return select
 
 
 def fresh_memory(runtime, session: str, records: dict[str, str]) -> None:
