@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/evomerge.py
 	$(BIN)/python bench/quietstar.py
 	$(BIN)/python bench/baking.py
+	$(BIN)/python bench/baking_speed.py
 	$(BIN)/python bench/seedlm_search.py
 	$(BIN)/python bench/compression.py
 

@@ -4,7 +4,8 @@ Runs the stage itself (import -> baking) and reports what its probes measured, p
 conditions: the input without the prompt (base), with it (prompted), the baked model without it (baked);
 the recovery ratio (baked - base) / (prompted - base); the forgetting matrix (each earlier bake's primary
 metric after each later bake); the half-baking KL curves (training and held-out); the eval suite of the
-input and of the baked agent (its runtime on); wall time per phase. Each rate comes with its standard
+input and of the baked agent (its runtime on); wall time per phase, baking's own (baking_s) and the rest
+(rest_s: loading, saving, the runner's eval suite with the runtime on, publishing). Each rate comes with its standard
 error (n = --n per condition). The stage runs with its gates opened (a failed gate would discard what was
 measured); the JSON records whether the configured gates pass. Writes bench/results/baking.json (a --tag other than "default" is stored
 beside it under that name).
@@ -62,17 +63,23 @@ def main() -> None:
         "curves": {b: {"train_loss": [h["loss"] for h in v["steps"]], "heldout_kl": v["heldout"]} for b, v in history.items()},
         "phase_s": {b: {k: v[k] for k in ("sampling_s", "train_s", "probe_s", "wall_s") if k in v}
                     for b, v in history.items()},
+        "input_s": info["input_s"],
         "trajectory_examples": {b: v["examples"] for b, v in history.items()},
         "suite": {"input": ctx.store.manifest(base).metrics, "baked_with_runtime": res.metrics[key]},
         "gates": [g.as_dict() for g in check_gates(ctx.store.manifest(base).metrics, res.metrics[key], gates)],
         "departures": info["departures"],
     }
+    # baking's own work (prompts, input probes, the bakes with their probes) and the rest: loading and saving
+    # the model, the runner's eval suite with the runtime on, gates, publishing
+    out["baking_s"] = sum(info["input_s"].values()) + sum(v["wall_s"] for v in history.values())
+    out["rest_s"] = wall - out["baking_s"]
     for b, conds in out["probes"].items():
         p = info["primary"][b]
         print(f"{b:10s} {p:18s} " + "  ".join(f"{c} {v[p]['value']:.3f}±{v[p]['se'] or 0:.3f}" for c, v in conds.items())
               + f"  recovery {info['recovery'][b][p]}")
     print("forgetting", json.dumps(info["forgetting"]))
-    print(f"stage wall {wall:.0f} s")
+    print(f"stage wall {wall:.0f} s: baking {out['baking_s']:.0f} s, the rest (load, save, eval suite, publish) "
+          f"{out['rest_s']:.0f} s")
     path = OUT if args.tag == "default" else OUT.with_name(f"baking_{args.tag}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -14,7 +14,8 @@ from agent_forge_core.baking.loss import baking_kl
 from agent_forge_core.baking.probes import recovery
 from agent_forge_core.baking.queries import identity_questions, training_queries
 from agent_forge_core.baking.settings import BakingSettings
-from agent_forge_core.baking.train import _forward, bake, kl_of, make_student, teacher_logprobs
+from agent_forge_core.baking.train import (_forward, accumulate, bake, kl_of, length_groups, make_student,
+                                          teacher_logprobs)
 from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, encode, sample, segments
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import ConfigError
@@ -90,6 +91,44 @@ def test_trajectory_ids_align_under_both_masks_and_executor_tokens_carry_no_loss
     assert torch.allclose(rows, full, atol=1e-5)
     broken = Trajectory(t.query, t.prompt_ids, t.query_ids, ids, [0] * len(ids))
     assert not aligned(broken)  # nothing generated: nothing to align (and nothing to learn)
+
+
+def test_teacher_logprobs_with_the_prompt_read_once_equal_the_whole_prompted_rows(tiny_model_dir):
+    model, tok = load_model(str(tiny_model_dir))
+    prompt = "Whatever the question is, answer with the number seven and nothing else, please. " * 2
+    trajs = [_traj(tok, prompt, "Q: What is 3 + 4?\nA:", " 7"), _traj(tok, prompt, "Q: Name a fruit.\nA:", " fig tree"),
+             _traj(tok, prompt, "Q: 12*3?\nA:", " 36, or 7")]
+    assert len(trajs[0].prompt_ids) >= 16  # long enough to be read once (SHARED_MIN)
+    got = teacher_logprobs(model, trajs, tok.pad_token_id, batch_size=2)
+    for t, g in zip(trajs, got):  # each row alone, prompt included, no cache: the reference
+        ids, mask = t.teacher_ids()
+        ref = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1][torch.tensor(mask[1:]).bool()], -1)
+        assert g.shape == ref.shape and torch.allclose(g, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["kl", "sft"])
+def test_a_batch_in_length_runs_has_the_padded_batch_gradient(tiny_model_dir, objective):
+    assert length_groups([10, 100, 12, 95, 11]) == [[0, 4, 2], [3, 1]]
+    model, tok = load_model(str(tiny_model_dir))
+    prompt = "Always answer 7."
+    trajs = [_traj(tok, prompt, "Q: What is 3 + 4?\nA:", " 7"),
+             _traj(tok, prompt, "Q: Name a fruit.\nA:", " a fig, a pear, an apple, a plum, a grape, a lemon, a lime"),
+             _traj(tok, prompt, "Q: 12*3?\nA:", " 36"),
+             _traj(tok, prompt, "Q: Tell me about rivers and their long and winding ways.\nA:", " they run to the sea")]
+    targets = teacher_logprobs(model, trajs, tok.pad_token_id)
+    student, params = make_student(model, "lora", BakingSettings(), 0)
+    with torch.no_grad():  # a non-zero adapter, so the gradients reach both LoRA factors
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    grads, losses = [], []
+    for slack in (float("inf"), 1.0):  # one padded batch; runs of equal length only (here: each row alone)
+        student.zero_grad(set_to_none=True)
+        losses.append(accumulate(student, trajs, targets, tok.pad_token_id, objective, "float32", slack=slack))
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert len(length_groups([len(t.student_ids()[0]) for t in trajs], 1.0)) == 4
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
 
 
 def test_sampled_trajectories_align(tiny_model_dir, tmp_path):
@@ -184,6 +223,15 @@ def test_persona_training_questions_come_after_earlier_turns():
     assert all(q.text.rsplit("Q: ", 1)[1][:-3] in cores for q in qs)  # the identity question is the last turn
     with pytest.raises(ValueError, match="train_turns"):
         BakingSettings(persona={"train_turns": [-1]})
+
+
+def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
+    train_cores = set(identity_questions("train", 200, 0))
+    for bake in ("tool", "memory", "retrieval"):
+        qs = training_queries(bake, 48, 0.25, 1, 0)
+        chat = [q for q in qs if q.kind == "chat"]
+        assert len(chat) == 4 and all(q.text[3:-3] in train_cores for q in chat)  # a third of the 12 others, train split
+    assert not [q for q in training_queries("persona", 48, 0.25, 1, 0) if q.kind == "chat"]
 
 
 def test_recovery_ratio():

@@ -7,7 +7,8 @@ teacher does not call the tool, so the baked model learns when not to).
 - retrieval: cloze questions on Python documentation topics of the split (`agent.retrieval.cloze`);
 - persona: identity questions, paraphrases held out by hash (`identity_questions`), some after earlier
   turns on other tasks (`persona.train_turns`), so the bake holds further into a conversation;
-- other: the eval suite's own prompts (its shots), arithmetic excluded for the tool bake.
+- other: the eval suite's own prompts (its shots), arithmetic excluded for the tool bake, and for the tool
+  bakes plain identity questions too (`CHAT`).
 Training draws from `train`, probes from `test`; records and paraphrases of the two never coincide.
 """
 from __future__ import annotations
@@ -109,13 +110,25 @@ def own_queries(bake: str, split: str, n: int, seed: int, turns: tuple[int, ...]
     raise ValueError(f"unknown bake {bake!r}")
 
 
-OTHER_TASKS = {"tool": ["recall", "instruction"], "memory": ["arithmetic", "recall"],
-               "retrieval": ["arithmetic", "recall"], "persona": ["arithmetic", "recall", "instruction"]}
+CHAT = "chat"  # identity questions asked plainly: a conversation where no tool belongs
+OTHER_TASKS = {"tool": ["recall", "instruction", CHAT], "memory": ["arithmetic", "recall", CHAT],
+               "retrieval": ["arithmetic", "recall", CHAT], "persona": ["arithmetic", "recall", "instruction"]}
+
+
+def other_queries(bake: str, split: str, n: int, shots: int, seed: int) -> list[Query]:
+    """`n` prompts where the bake's tool does not belong, shared evenly among `OTHER_TASKS[bake]`. The chat
+    share is there because the tool bakes taught calls on questions they never saw: after them the model
+    answered "who are you?" with memory calls. Measured (quick profile): with 2 such questions of 28 per bake
+    it still does, and the persona bake does not undo it (identity 0.00 baked in the chain)."""
+    kinds = OTHER_TASKS[bake]
+    n_chat = n * kinds.count(CHAT) // len(kinds)
+    chat = [Query(qa(q), kind=CHAT) for q in identity_questions(split, n_chat, seed)]
+    return chat + suite_queries([t for t in kinds if t != CHAT], split, n - n_chat, shots, seed)
 
 
 def training_queries(bake: str, n: int, other_share: float, shots: int, seed: int,
                      turns: tuple[int, ...] = (0,)) -> list[Query]:
     n_other = round(n * other_share)
-    out = own_queries(bake, "train", n - n_other, seed, turns) + suite_queries(OTHER_TASKS[bake], "train", n_other, shots, seed)
+    out = own_queries(bake, "train", n - n_other, seed, turns) + other_queries(bake, "train", n_other, shots, seed)
     random.Random(seed).shuffle(out)
     return out

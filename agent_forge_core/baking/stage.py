@@ -36,10 +36,10 @@ from .probes import PRIMARY, PROBES, recovery
 from .prompts import PROMPTS, TOOLS
 from .queries import training_queries
 from .settings import REFERENCE, BakingSettings
-from .train import bake
+from .train import autocast, bake
 from .trajectories import sample
 
-VERSION = 1
+VERSION = 2
 HISTORY_FILE = "baking_history.json"
 
 
@@ -65,8 +65,9 @@ def bake_prompts(model, tok, runtime, cfg: BakingSettings) -> dict[str, str]:
 
 def measure(b: str, model, tok, runtime, prompt: str, cfg: BakingSettings, shots: int,
             n: int | None = None) -> dict[str, float]:
-    return PROBES[b](model, tok, runtime, prompt, n or cfg.probe_examples, cfg.seed, shots, name=cfg.persona.name,
-                     turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples)
+    with autocast(model.device, cfg.decode_precision):
+        return PROBES[b](model, tok, runtime, prompt, n or cfg.probe_examples, cfg.seed, shots,
+                         name=cfg.persona.name, turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples)
 
 
 def rehearsal(bank: dict[str, list], cfg: BakingSettings, seed: int) -> list:
@@ -95,12 +96,16 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
 
     try:
         note("prompts")
+        t0 = time.time()
         prompts = bake_prompts(model, tok, runtime, cfg)
+        input_s = {"prompts": time.time() - t0}
         probes: dict[str, dict] = {}
         for b in cfg.order:  # the input model, without and with each prompt
             note(f"{b}: base and prompted probes")
+            t0 = time.time()
             probes[b] = {"base": measure(b, model, tok, runtime, "", cfg, shots),
                          "prompted": measure(b, model, tok, runtime, prompts[b], cfg, shots)}
+            input_s[f"probes_{b}"] = time.time() - t0
         done[0] += 1
         history: dict[str, dict] = {}
         forgetting: dict[str, dict] = {}
@@ -112,8 +117,9 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             note(f"{name}: sampling trajectories")
             queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i,
                                        tuple(cfg.persona.train_turns))
-            trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
-                           cfg.seed + i, session=f"bake-{name}")
+            with autocast(model.device, cfg.decode_precision):
+                trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
+                               cfg.seed + i, session=f"bake-{name}")
             if len(trajs) <= cfg.heldout:
                 raise ConfigError(f"baking: the prompted model wrote nothing to learn for {name} ({len(trajs)} "
                                   "trajectories); raise baking.max_new_tokens or check the prompt")
@@ -143,7 +149,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
         info = {
             "student": kind, "order": cfg.order, "departures": cfg.departures(REFERENCE), "probes": probes,
             "recovery": {b: recovery(p["base"], p["prompted"], p["baked"]) for b, p in probes.items()},
-            "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order},
+            "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order}, "input_s": input_s,
             "loss": {n: {"objective": cfg.objective, "first": h["steps"][0]["loss"], "last": h["steps"][-1]["loss"],
                          "heldout_kl": [x["kl"] for x in h["heldout"]]} for n, h in history.items()},
         }

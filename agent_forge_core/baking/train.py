@@ -15,14 +15,22 @@ line is still the KL to the prompted teacher, so the two objectives are compared
 """
 from __future__ import annotations
 
+import copy
 import random
 from typing import Callable
 
 import torch
 
+from ..agent.generate import SHARED_MIN
 from ..training.lora import lora_config
 from .loss import baking_kl, gen_positions
 from .trajectories import Trajectory, aligned
+
+
+def autocast(device, precision: str):
+    """bfloat16 autocast on `device` when `precision` says so (a no-op context otherwise)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -30,29 +38,55 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def _forward(model, rows: list[tuple[list[int], list[int]]], pad_id: int, with_targets: bool = False):
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft keeps its adapters inside
+
+
+def _forward(model, rows: list[tuple[list[int], list[int]]], pad_id: int, with_targets: bool = False, head=None):
     """Logits at the positions that predict a generated token, in row order ([N, V]) (and those tokens).
     Only those positions go through the output head: on a 49k vocabulary it is a fifth of a 135M model's
-    compute, and the logits of prompt and query positions (and their gradients) are never needed."""
+    compute, and the logits of prompt and query positions (and their gradients) are never needed.
+    `head`: (a batch-1 cache of ids every row follows, their count) from `head_cache`; the rows then hold
+    only what follows it (rows are right-padded, so the default positions after the cache are right)."""
     ids = _pad([r[0] for r in rows], pad_id).to(model.device)
     mask = _pad([r[1] for r in rows], 0).to(model.device)
     attn = _pad([[1] * len(r[0]) for r in rows], 0).to(model.device)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft keeps its adapters inside
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    past = None
+    if head is not None:
+        past = copy.deepcopy(head[0])  # the decoder appends to the cache it is given
+        past.batch_repeat_interleave(len(rows))
+        attn = torch.cat([torch.ones((len(rows), head[1]), dtype=attn.dtype, device=attn.device), attn], dim=1)
+    inner = _inner(model)
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=attn, past_key_values=past,
+                                 use_cache=head is not None).last_hidden_state[:, :-1]
     at = gen_positions(mask)
     logits = inner.get_output_embeddings()(hidden[at])
     return (logits, ids[:, 1:][at]) if with_targets else logits
 
 
 @torch.no_grad()
-def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 4) -> list[torch.Tensor]:
+def head_cache(model, ids: list[int]):
+    """The decoder's cache after `ids` (batch 1)."""
+    return _inner(model).get_decoder()(input_ids=torch.tensor([ids], device=model.device),
+                                       use_cache=True).past_key_values
+
+
+@torch.no_grad()
+def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 8) -> list[torch.Tensor]:
     """Per trajectory, the prompted model's log-probabilities at its generated positions (float32: with an
-    empty prompt the KL is exactly 0; 128 trajectories of 40 tokens over a 49k vocabulary hold 1 GB)."""
+    empty prompt the KL is exactly 0; 128 trajectories of 40 tokens over a 49k vocabulary hold 1 GB).
+    A bake's trajectories share their prompt: it is read once and its cache serves every batch (the prompt
+    with two demonstrations is most of each prompted row)."""
     model.eval()
+    prompt = trajs[0].prompt_ids if trajs else []
+    head = None
+    if len(prompt) >= SHARED_MIN and all(t.prompt_ids == prompt for t in trajs):
+        head = (head_cache(model, prompt), len(prompt))
     out = []
     for i in range(0, len(trajs), batch_size):
         chunk = trajs[i:i + batch_size]
-        logp = torch.log_softmax(_forward(model, [t.teacher_ids() for t in chunk], pad_id).float(), dim=-1)
+        rows = [t.student_ids() for t in chunk] if head else [t.teacher_ids() for t in chunk]
+        logp = torch.log_softmax(_forward(model, rows, pad_id, head=head).float(), dim=-1)
         sizes = [sum(t.teacher_ids()[1][1:]) for t in chunk]
         out += [x.cpu() for x in torch.split(logp, sizes)]
     return out
@@ -96,6 +130,40 @@ def finish_student(student, kind: str):
     return student
 
 
+def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
+    """Indices split into runs of similar length (shortest first): a run grows while its padded size
+    (count x longest) stays within `slack` x its real tokens. A bake's rows range from a short answer to
+    several retrieved passages; padded together, most of a batch's compute went to padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * lengths[i] <= slack * (sum(lengths[j] for j in g) + lengths[i]):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def accumulate(student, batch: list[Trajectory], targets: list[torch.Tensor], pad_id: int, objective: str,
+               precision: str, slack: float = 1.25) -> float:
+    """One batch's loss, its gradient accumulated run by run (`length_groups`): each run's loss is its share
+    of the batch loss (divided by the whole batch size), so the gradient is the padded batch's."""
+    device = next(student.parameters()).device
+    rows = [t.student_ids() for t in batch]
+    total = 0.0
+    for g in length_groups([len(r[0]) for r in rows], slack):
+        with autocast(device, precision):
+            logits, tokens = _forward(student, [rows[i] for i in g], pad_id, with_targets=True)
+        if objective == "sft":
+            loss = torch.nn.functional.cross_entropy(logits.float(), tokens, reduction="sum") / len(batch)
+        else:
+            loss = baking_kl(logits, torch.cat([targets[i] for i in g]).to(logits.device), len(batch))
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id: int, kind: str = "lora",
          progress: Callable[[float, str], None] | None = None,
          replay: list[tuple[Trajectory, torch.Tensor]] = ()) -> tuple[object, dict, list[torch.Tensor]]:
@@ -110,7 +178,6 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
     pool, targets = list(trajs) + [t for t, _ in replay], own + [x for _, x in replay]
     student, params = make_student(model, kind, cfg, cfg.seed)
     lr = cfg.lr if kind == "lora" else cfg.ste_lr
-    device = next(iter(params)).device
     opt = torch.optim.Adam(params, lr=lr)
     rng = random.Random(cfg.seed)
     order: list[int] = []
@@ -130,20 +197,15 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
             order += more
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
         student.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train_precision == "bfloat16"):
-            logits, tokens = _forward(student, [pool[i].student_ids() for i in idx], pad_id, with_targets=True)
-        if cfg.objective == "sft":
-            loss = torch.nn.functional.cross_entropy(logits.float(), tokens, reduction="sum") / len(idx)
-        else:
-            loss = baking_kl(logits, torch.cat([targets[i] for i in idx]).to(logits.device), len(idx))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate(student, [pool[i] for i in idx], [targets[i] for i in idx], pad_id, cfg.objective,
+                          cfg.train_precision)
         opt.step()
-        history["steps"].append({"step": step, "loss": loss.item()})
+        history["steps"].append({"step": step, "loss": loss})
         if step % cfg.curve_every == 0 or step == cfg.steps:
             held(step)
         if progress:
-            progress(step / cfg.steps, f"step {step}/{cfg.steps} {cfg.objective} {loss.item():.3f}")
+            progress(step / cfg.steps, f"step {step}/{cfg.steps} {cfg.objective} {loss:.3f}")
     model = finish_student(student, kind)
     model.eval()
     return model, history, own
