@@ -65,7 +65,7 @@ class BakingSettings(StageSection):
     decode_precision: Literal["bfloat16", "float32"] = Field(
         "bfloat16", description="Decoding (the trajectories sampled and the probes' greedy answers) under "
         "torch.autocast; the teacher's log-probabilities, the losses and the held-out curve stay float32. Measured on "
-        "the default model, 2 cores: 16 tool trajectories sampled in 8.2 s vs 13.3-15.2 s in float32.")
+        "the default model, 2 cores: 28 tool trajectories sampled in 14.4 s vs 21.4 s in float32 (bench/baking_speed.py).")
     replay: float = Field(0.5, ge=0, le=4, description="Earlier bakes' training trajectories replayed in each "
                           "later bake (with the targets of the teacher that made them), as a share of the bake's "
                           "own count, split evenly among the earlier bakes; 0: none (measured then: the tool call "
