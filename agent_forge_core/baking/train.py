@@ -72,7 +72,8 @@ def head_cache(model, ids: list[int]):
 
 
 @torch.no_grad()
-def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 8) -> list[torch.Tensor]:
+def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 8,
+                     read_prompt_once: bool = True) -> list[torch.Tensor]:
     """Per trajectory, the prompted model's log-probabilities at its generated positions (float32: with an
     empty prompt the KL is exactly 0; 128 trajectories of 40 tokens over a 49k vocabulary hold 1 GB).
     A bake's trajectories share their prompt: it is read once and its cache serves every batch (the prompt
@@ -80,7 +81,7 @@ def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: in
     model.eval()
     prompt = trajs[0].prompt_ids if trajs else []
     head = None
-    if len(prompt) >= SHARED_MIN and all(t.prompt_ids == prompt for t in trajs):
+    if read_prompt_once and len(prompt) >= SHARED_MIN and all(t.prompt_ids == prompt for t in trajs):
         head = (head_cache(model, prompt), len(prompt))
     out = []
     for i in range(0, len(trajs), batch_size):
