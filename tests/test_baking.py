@@ -228,7 +228,7 @@ def test_persona_training_questions_come_after_earlier_turns():
 def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
     train_cores = set(identity_questions("train", 200, 0))
     for bake in ("tool", "memory", "retrieval"):
-        qs = training_queries(bake, 48, 0.25, 1, 0)
+        qs = training_queries(bake, 48, 0.25, 1, 0, chat_share=1 / 3)
         chat = [q for q in qs if q.kind == "chat"]
         assert len(chat) == 4 and all(q.text[3:-3] in train_cores for q in chat)  # a third of the 12 others, train split
     assert not [q for q in training_queries("persona", 48, 0.25, 1, 0) if q.kind == "chat"]
@@ -267,6 +267,7 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     assert set(info["forgetting"]["persona"]) == {"tool", "persona"}
     hist = json.loads((folder / "baking_history.json").read_text())["history"]
     assert len(hist["tool"]["steps"]) == 3 and hist["tool"]["heldout"][0]["step"] == 0
+    assert len(hist["persona"]["steps"]) == 6  # persona.step_factor 2
     assert info["departures"]["lora_r"] == {"ours": 8, "reference": 32}
     assert "arithmetic" in res.metrics[key]  # the suite, run with the baked runtime
     # the baked weights differ from the input's

@@ -5,7 +5,8 @@ prompt, answering with the runtime's tools in the loop (greedy).
   calls that compute a gold worked step, accuracy with the executor; the false-call rate on recall and
   instruction prompts.
 - memory: episode 1 shows records in an empty session (write rate); episode 2, a new context in the same
-  session, asks for one (read rate, recall accuracy: chance about 1/90).
+  session, asks for one (read rate, recall accuracy: chance about 1/90); the false-call rate on plain
+  identity questions (any tool call).
 - retrieval: the search call rate on Python-documentation cloze questions of held-out topics and on
   arithmetic (false calls); exact match of the answer after the last tool result.
 - persona: the share of identity answers (held-out paraphrases) that name the persona after k distractor
@@ -24,7 +25,7 @@ from ..agent.prompt import conversation
 from ..agent.retrieval.cloze import PROMPT, cloze_questions, first_word
 from ..evals.tasks import get_task
 from .persona import names_persona
-from .queries import distractors, qa, recall_text, records, remember_text, suite_queries
+from .queries import distractors, identity_questions, qa, recall_text, records, remember_text, suite_queries
 from .trajectories import fresh_memory, in_session
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
@@ -81,7 +82,9 @@ def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int
     second = answer_all(model, tok, runtime, [_with(prompt, recall_text(k)) for k in keys], 24, sessions=sessions)
     for s in sessions:
         fresh_memory(runtime, s, {})
-    return {"write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
+    chat = answer_all(model, tok, runtime, [_with(prompt, qa(q)) for q in identity_questions("test", n, seed)], 16)
+    return {"false_call_rate": _rate(bool(g.calls) for g in chat),
+            "write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
             "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second),
             "recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]
                             for g, r, k in zip(second, sets, keys))}
@@ -102,8 +105,6 @@ def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: 
 def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, name: str = "Forge",
                   turns: tuple[int, ...] = (0, 2, 4, 8), n_turns: int | None = None, **_) -> dict[str, float]:
     """`n` questions without distractors, `n_turns` (default n) after each k > 0."""
-    from .queries import identity_questions
-
     out = {}
     for k in turns:
         qs = identity_questions("test", n if k == 0 else (n_turns or n), seed)

@@ -8,7 +8,7 @@ teacher does not call the tool, so the baked model learns when not to).
 - persona: identity questions, paraphrases held out by hash (`identity_questions`), some after earlier
   turns on other tasks (`persona.train_turns`), so the bake holds further into a conversation;
 - other: the eval suite's own prompts (its shots), arithmetic excluded for the tool bake, and for the tool
-  bakes plain identity questions too (`CHAT`).
+  bakes (those that teach calls) plain identity questions too (`CHAT`, `chat_share` of them).
 Training draws from `train`, probes from `test`; records and paraphrases of the two never coincide.
 """
 from __future__ import annotations
@@ -111,24 +111,23 @@ def own_queries(bake: str, split: str, n: int, seed: int, turns: tuple[int, ...]
 
 
 CHAT = "chat"  # identity questions asked plainly: a conversation where no tool belongs
-OTHER_TASKS = {"tool": ["recall", "instruction", CHAT], "memory": ["arithmetic", "recall", CHAT],
-               "retrieval": ["arithmetic", "recall", CHAT], "persona": ["arithmetic", "recall", "instruction"]}
+OTHER_TASKS = {"tool": ["recall", "instruction"], "memory": ["arithmetic", "recall"],
+               "retrieval": ["arithmetic", "recall"], "persona": ["arithmetic", "recall", "instruction"]}
 
 
-def other_queries(bake: str, split: str, n: int, shots: int, seed: int) -> list[Query]:
-    """`n` prompts where the bake's tool does not belong, shared evenly among `OTHER_TASKS[bake]`. The chat
-    share is there because the tool bakes taught calls on questions they never saw: after them the model
-    answered "who are you?" with memory calls. Measured (quick profile): with 2 such questions of 28 per bake
-    it still does, and the persona bake does not undo it (identity 0.00 baked in the chain)."""
-    kinds = OTHER_TASKS[bake]
-    n_chat = n * kinds.count(CHAT) // len(kinds)
+def other_queries(bake: str, split: str, n: int, shots: int, seed: int, chat_share: float = 0.0) -> list[Query]:
+    """`n` prompts where the bake's tool does not belong: `chat_share` of them plain identity questions
+    (`CHAT`), the rest shared evenly among `OTHER_TASKS[bake]`. The chat share is there because the tool bakes
+    taught calls on questions they never saw: after them the model answered "who are you?" with memory calls."""
+    n_chat = round(n * chat_share)
     chat = [Query(qa(q), kind=CHAT) for q in identity_questions(split, n_chat, seed)]
-    return chat + suite_queries([t for t in kinds if t != CHAT], split, n - n_chat, shots, seed)
+    return chat + suite_queries(OTHER_TASKS[bake], split, n - n_chat, shots, seed)
 
 
 def training_queries(bake: str, n: int, other_share: float, shots: int, seed: int,
-                     turns: tuple[int, ...] = (0,)) -> list[Query]:
+                     turns: tuple[int, ...] = (0,), chat_share: float = 0.0) -> list[Query]:
     n_other = round(n * other_share)
-    out = own_queries(bake, "train", n - n_other, seed, turns) + other_queries(bake, "train", n_other, shots, seed)
+    out = own_queries(bake, "train", n - n_other, seed, turns) + other_queries(bake, "train", n_other, shots, seed,
+                                                                               chat_share)
     random.Random(seed).shuffle(out)
     return out

@@ -30,6 +30,10 @@ class PersonaSettings(Section):
         description="Earlier Q/A turns on other tasks (train split) before each identity training question, drawn "
         "from this list per question; [0] bakes single-turn answers only (measured: then the baked persona is "
         "gone after 2 turns).")
+    step_factor: float = Field(2.0, gt=0, le=8, description="The persona bake's optimiser steps as a multiple of "
+                               "`baking.steps`. Measured in the quick profile after the tool, memory and retrieval "
+                               "bakes: with 1x the baked model still answered identity questions with memory calls "
+                               "(identity 0.00, held-out KL still falling), 24 more steps on that model gave 1.00.")
     pursuit_rounds: int = Field(0, ge=0, le=4, description="Prompt Pursuit: re-prompt the baked model with its "
                                 "persona prompt and bake again, this many more times.")
 
@@ -45,6 +49,9 @@ class BakingSettings(StageSection):
                               "(one query each, train splits only).")
     other_share: float = Field(0.25, ge=0, lt=1, description="Share of each bake's queries from other tasks (the "
                                "eval suite's prompts), where the prompted teacher does not use the bake's tool.")
+    chat_share: float = Field(1 / 3, ge=0, le=1, description="Share of a tool bake's other queries (tool, memory, "
+                              "retrieval) that are plain identity questions, where no call belongs (the persona bake "
+                              "has none: its own queries are identity questions).")
     temperature: float = Field(0.5, gt=0, le=5, description="Sampling temperature of the trajectories (reference "
                                "2.0 for 7B models; a 135M model writes mostly noise at 1.0 and above).")
     max_new_tokens: int = Field(40, gt=0, description="Model tokens per trajectory (executor results not counted).")

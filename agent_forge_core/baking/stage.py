@@ -79,6 +79,10 @@ def rehearsal(bank: dict[str, list], cfg: BakingSettings, seed: int) -> list:
     return [x for items in bank.values() for x in rng.sample(items, min(each, len(items)))]
 
 
+def bake_steps(b: str, cfg: BakingSettings) -> int:
+    return max(1, round(cfg.steps * (cfg.persona.step_factor if b == "persona" else 1)))
+
+
 def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     src = ctx.store.get(parent)
@@ -116,7 +120,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             t0 = time.time()
             note(f"{name}: sampling trajectories")
             queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i,
-                                       tuple(cfg.persona.train_turns))
+                                       tuple(cfg.persona.train_turns), cfg.chat_share if TOOLS[b] else 0.0)
             with autocast(model.device, cfg.decode_precision):
                 trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
                                cfg.seed + i, session=f"bake-{name}")
@@ -127,7 +131,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             done[0] += 1
             model, curve, targets = bake(model, trajs[cfg.heldout:], trajs[:cfg.heldout], cfg, pad, kind,
                                          progress=lambda f, m, _n=name: note(f"{_n}: {m}"),
-                                         replay=rehearsal(bank, cfg, i))
+                                         replay=rehearsal(bank, cfg, i), steps=bake_steps(b, cfg))
             # no later bake replays more than replay x trajectories of one bake (float32 targets: 8 MB each)
             bank[name] = list(zip(trajs[cfg.heldout:], targets))[:math.ceil(cfg.replay * cfg.trajectories)]
             done[0] += 1

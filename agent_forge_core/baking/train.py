@@ -168,10 +168,12 @@ def accumulate(student, batch: list[Trajectory], targets: list[torch.Tensor], pa
 
 def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id: int, kind: str = "lora",
          progress: Callable[[float, str], None] | None = None,
-         replay: list[tuple[Trajectory, torch.Tensor]] = ()) -> tuple[object, dict, list[torch.Tensor]]:
+         replay: list[tuple[Trajectory, torch.Tensor]] = (), steps: int | None = None,
+         ) -> tuple[object, dict, list[torch.Tensor]]:
     """Train the student to match the prompted teacher; returns (baked plain model, history, the teacher's
     log-probabilities on `trajs`). `replay`: earlier bakes' trajectories with their own teachers' targets,
-    drawn into the batches with this bake's (rehearsal, so a later bake does not overwrite an earlier one)."""
+    drawn into the batches with this bake's (rehearsal, so a later bake does not overwrite an earlier one).
+    `steps`: optimiser steps, `cfg.steps` when not given."""
     bad = [t.text for t in trajs + heldout if not aligned(t)]
     if bad:
         raise ValueError(f"trajectory ids differ under the prompted and unprompted masks: {bad[:2]}")
@@ -192,7 +194,8 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
             history["heldout"].append({"step": step, "kl": kl_of(student, heldout, held_targets, pad_id)})
 
     held(0)
-    for step in range(1, cfg.steps + 1):
+    steps = steps or cfg.steps
+    for step in range(1, steps + 1):
         if len(order) < cfg.batch_size:
             more = list(range(len(pool)))
             rng.shuffle(more)
@@ -204,10 +207,10 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
                           cfg.train_precision)
         opt.step()
         history["steps"].append({"step": step, "loss": loss})
-        if step % cfg.curve_every == 0 or step == cfg.steps:
+        if step % cfg.curve_every == 0 or step == steps:
             held(step)
         if progress:
-            progress(step / cfg.steps, f"step {step}/{cfg.steps} {cfg.objective} {loss:.3f}")
+            progress(step / steps, f"step {step}/{steps} {cfg.objective} {loss:.3f}")
     model = finish_student(student, kind)
     model.eval()
     return model, history, own
