@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear
+from agent_forge_core.bitnet.int_matmul import activation_codes
 from agent_forge_core.bitnet.packing import FORMATS, pack, packed_size, unpack
 from agent_forge_core.bitnet.ternary import quant_activation, quant_weight, weight_codes
 
@@ -80,4 +81,47 @@ def test_packed_inference_equals_fake_quant(fmt, norm):
     packed = PackedBitLinear.from_bitlinear(layer, fmt)
     x = torch.randn(2, 7, 40)
     with torch.no_grad():
-        assert torch.equal(packed(x), layer(x))
+        fake = layer(x)
+        packed.kernel = "dequant"
+        assert torch.equal(packed(x), fake)
+        packed.kernel = "int8"
+        # the int8 kernel's integer products are exact; only the fake-quant path's float sums round
+        assert torch.allclose(packed(x), fake, rtol=1e-5, atol=1e-5 * float(fake.abs().max()))
+
+
+def test_int8_kernel_is_the_exact_integer_product():
+    torch.manual_seed(3)
+    layer = BitLinear(576, 64, bias=False)
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(5, 576) * 3
+    q, s = activation_codes(x)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    exact = (q.double() @ packed.codes.double().t()) * (packed.gamma.double() / s.double())
+    with torch.no_grad():
+        y = packed(x)
+    assert torch.allclose(y.double(), exact, rtol=1e-6, atol=0)
+    assert torch.equal(quant_activation(x), q.float() / s)  # the same codes as the fake-quant path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_kernel_shapes_and_dtypes(dtype):
+    torch.manual_seed(4)
+    layer = BitLinear(48, 16, bias=True)
+    packed = PackedBitLinear.from_bitlinear(layer, "base3")
+    with torch.no_grad():
+        for shape in [(1, 48), (1, 1, 48), (3, 9, 48)]:  # a decode step, a batch of one, a prefill
+            x = torch.randn(*shape).to(dtype)
+            y = packed(x)
+            assert y.shape == (*shape[:-1], 16) and y.dtype == dtype
+            assert torch.allclose(y.float(), layer(x.float()), rtol=2e-2, atol=2e-2)
+
+
+def test_wide_activations_fall_back_to_the_dequantizing_path():
+    torch.manual_seed(5)
+    layer = BitLinear(32, 8, act_bits=16)
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert torch.equal(packed(x), layer(x))  # int8 cannot hold 16-bit codes: the float path ran
+    with pytest.raises(ValueError, match="kernel"):
+        PackedBitLinear(pack(packed.codes.contiguous(), "2bit"), packed.gamma, (8, 32), "2bit", kernel="int4")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear
+from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear, set_kernel
 from agent_forge_core.formats.bitnet import load_bitnet, save_bitnet
 from agent_forge_core.bitnet.convert import convert, lambda_at, set_lambda
 from agent_forge_core.context import make_context
@@ -42,7 +42,10 @@ def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt):
     packed, _ = load_model(str(tmp_path / "bn"))
     assert any(isinstance(m, PackedBitLinear) for m in packed.modules())
     with torch.no_grad():
+        set_kernel(packed, "dequant")
         assert torch.equal(packed(ids).logits, fake)  # packed inference == fake-quant path
+        set_kernel(packed, "int8")  # the default: exact integer products, float32 rounding apart
+        assert torch.allclose(packed(ids).logits, fake, rtol=1e-4, atol=1e-4 * float(fake.abs().max()))
     trainable, _ = load_bitnet(tmp_path / "bn", trainable=True)
     assert any(isinstance(m, BitLinear) for m in trainable.modules())
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The prompt u of each bake: the runtime's instructions for the bake's tools and two demonstrations in the
-project's Q/A format (tool results as the runtime inserts them). Demonstrations come from train splits.
+project's Q/A format (tool results as the runtime inserts them; memory adds two plain questions answered
+without a call). Demonstrations come from train splits.
 The persona prompt is written by the model itself (`persona.py`).
 """
 from __future__ import annotations
@@ -14,10 +15,18 @@ from .queries import qa
 
 STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
 
-MEMORY_DEMO = ("Q: Remember these records for later: fox=12; owl=40.\n"
-               "A: <mem_write>fox=12</mem_write><result>stored</result> <mem_write>owl=40</mem_write>"
-               "<result>stored</result> Done.\n\n"
-               "Q: What is the value of owl you remembered?\nA: <mem_read>owl</mem_read><result>40</result> 40")
+WRITE_DEMO = ("Q: Remember these records for later: fox=12; owl=40.\n"
+              "A: <mem_write>fox=12</mem_write><result>stored</result> <mem_write>owl=40</mem_write>"
+              "<result>stored</result> Done.")
+READ_DEMO = "Q: What is the value of owl you remembered?\nA: <mem_read>owl</mem_read><result>40</result> 40"
+MEMORY_DEMO = WRITE_DEMO + "\n\n" + READ_DEMO
+# Plain questions answered without a call, interleaved with the memory demonstrations. Measured on the
+# default model (prompted, 32 test probes each; false calls on identity questions, write, read, recall):
+# write, chat, read, chat (memory_prompt) 0.00, 0.91, 1.00, 0.50; write, read alone 0.59, 1.00, 0.53, 0.22;
+# write, read, chat 0.00, 1.00, 0.22, 0.00 and chat, write, read, read 0.97, 1.00, 0.91, 0.31 (the nearest
+# demonstration sets the habit). Without them the memory bake taught calls on "who are you?".
+CHAT_DEMOS = ("Q: Hello! How are you today?\nA: I am well, thank you. How can I help?",
+              "Q: What is your favourite colour?\nA: I do not have one, but blue is a fine choice.")
 
 
 def as_tool_demo(text: str) -> str:
@@ -31,7 +40,8 @@ def tool_prompt(runtime) -> str:
 
 
 def memory_prompt(runtime) -> str:
-    return instructions([runtime.tools["mem_write"], runtime.tools["mem_read"]]) + "\n\n" + MEMORY_DEMO
+    demos = [WRITE_DEMO, CHAT_DEMOS[0], READ_DEMO, CHAT_DEMOS[1]]
+    return instructions([runtime.tools["mem_write"], runtime.tools["mem_read"]]) + "\n\n" + "\n\n".join(demos)
 
 
 def search_words(sentence: str, k: int = 6) -> str:

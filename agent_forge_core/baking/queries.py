@@ -119,8 +119,9 @@ def other_queries(bake: str, split: str, n: int, shots: int, seed: int, chat_sha
     """`n` prompts where the bake's tool does not belong: `chat_share` of them plain identity questions
     (`CHAT`), the rest shared evenly among `OTHER_TASKS[bake]`. The chat share is there because the tool bakes
     taught calls on questions they never saw: after them the model answered "who are you?" with memory calls.
-    Measured (quick profile, 16 probes): the prompted memory teacher itself calls on 62% of identity questions,
-    so more of them (other_share 0.4, chat_share 0.5) did not help: false calls 0.81 baked, persona 0.19."""
+    Measured (quick profile, 16 probes): the prompted memory teacher itself called on 62% of identity questions,
+    so more of them (other_share 0.4, chat_share 0.5) did not help: false calls 0.81 baked, persona 0.19; the
+    memory prompt now demonstrates plain answers too (`prompts.CHAT_DEMOS`)."""
     n_chat = round(n * chat_share)
     chat = [Query(qa(q), kind=CHAT) for q in identity_questions(split, n_chat, seed)]
     return chat + suite_queries(OTHER_TASKS[bake], split, n - n_chat, shots, seed)

@@ -39,7 +39,7 @@ from .settings import REFERENCE, BakingSettings
 from .train import autocast, bake
 from .trajectories import sample
 
-VERSION = 2
+VERSION = 3  # 3: the memory prompt's no-call demonstrations
 HISTORY_FILE = "baking_history.json"
 
 

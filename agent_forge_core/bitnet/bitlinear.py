@@ -5,7 +5,7 @@ Training keeps the full-precision latent weight W. With warm-up coefficient lam 
     W_eff = W + lam * (Q(W) - W).detach()        x_eff = x + lam * (Q8(x) - x).detach()
 so the forward pass mixes in the quantized values while the gradient with respect to W (and x) is the
 identity (STE). At lam = 1 in eval mode, the layer computes exactly F.linear(Q8(x), gamma * W~), which
-is also what `PackedBitLinear` computes from the packed codes.
+is also what `PackedBitLinear` computes from the packed codes (in integer arithmetic by default).
 """
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import int_matmul
 from .packing import pack, unpack
 from .ternary import dequant_weight, quant_activation, quant_weight, weight_codes
+
+KERNELS = ("int8", "dequant")
 
 
 class BitLinear(nn.Linear):
@@ -68,21 +71,39 @@ class BitLinear(nn.Linear):
 
 
 class PackedBitLinear(nn.Module):
-    """Inference from packed ternary codes: unpacked once (to int8) at construction."""
+    """Inference from packed ternary codes, unpacked once (to int8) at construction.
+
+    `kernel`: "int8" multiplies int8 activation codes by the int8 weight codes with int32 accumulation
+    (`int_matmul.py`; exact products, no float weight copy per call); "dequant" rebuilds gamma * W~ in the
+    input's dtype per call and runs a float matmul (the reference path, and the fallback where `_int_mm`
+    does not apply: activations wider than 8 bits, or CUDA shapes it rejects).
+    """
 
     def __init__(self, packed: torch.Tensor, gamma: torch.Tensor, shape: tuple[int, int], fmt: str,
-                 bias: torch.Tensor | None = None, act_bits: int = 8, norm: bool = False, dtype=torch.float32):
+                 bias: torch.Tensor | None = None, act_bits: int = 8, norm: bool = False, dtype=torch.float32,
+                 kernel: str = "int8"):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"PackedBitLinear kernel {kernel!r}: use one of {KERNELS}")
         self.out_features, self.in_features = shape
-        self.act_bits, self.norm, self.fmt = act_bits, norm, fmt
+        self.act_bits, self.norm, self.fmt, self.kernel = act_bits, norm, fmt, kernel
         self.register_buffer("codes", unpack(packed, shape, fmt))
         self.register_buffer("gamma", gamma.float().reshape(()))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.dtype = dtype
 
+    def _int8_applies(self, x: torch.Tensor) -> bool:
+        if self.kernel != "int8" or not int_matmul.supports(self.act_bits):
+            return False
+        # CUDA's int8 GEMM wants more than 16 rows and dimensions in multiples of 8
+        return x.device.type == "cpu" or (x[..., 0].numel() > 16 and self.in_features % 8 == 0
+                                          and self.out_features % 8 == 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm:
             x = F.rms_norm(x, (x.shape[-1],), eps=1e-6)
+        if self._int8_applies(x):
+            return int_matmul.ternary_linear(x, self.codes, self.gamma, self.bias, self.act_bits)
         w = dequant_weight(self.codes, self.gamma, x.dtype)
         return F.linear(quant_activation(x, self.act_bits), w, self.bias)
 
@@ -91,3 +112,12 @@ class PackedBitLinear(nn.Module):
         codes, gamma = weight_codes(layer.weight)
         return cls(pack(codes, fmt), gamma, tuple(layer.weight.shape), fmt,
                    None if layer.bias is None else layer.bias.detach(), layer.act_bits, layer.norm, layer.weight.dtype)
+
+
+def set_kernel(model: nn.Module, kernel: str) -> None:
+    """Switch every PackedBitLinear of `model` to `kernel` (one of KERNELS)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: use one of {KERNELS}")
+    for m in model.modules():
+        if isinstance(m, PackedBitLinear):
+            m.kernel = kernel

@@ -1,0 +1,44 @@
+"""Integer inference of a ternary layer: int8 activations times int8 ternary codes, accumulated in int32.
+
+With per-token absmax activation codes x~ = clamp(round(x * s), -128, 127) (s = 127 / max|x|) and
+weight codes W~ in {-1, 0, 1} with the tensor scale gamma (`ternary.py`):
+
+    y = F.linear(x~ / s, gamma * W~) = (gamma / s) * (x~ @ W~^T)
+
+The product x~ @ W~^T is an integer sum of at most 127 * in_features per output (no overflow in int32
+for any in_features below 2^24), computed exactly by `torch._int_mm`; one float multiply per output
+applies the scales. The fake-quant path (`BitLinear` at lam = 1) computes the same function in floating
+point, so the two agree up to float32 rounding of its dot products (tested). Unlike the dequantizing path,
+no float copy of the weights is made per call: the layer holds int8 codes only.
+"""
+from __future__ import annotations
+
+import torch
+
+from .ternary import EPS
+
+
+def activation_codes(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, per-token scale s as float32 [..., 1]) of `ternary.quant_activation`."""
+    qmax = 2 ** (bits - 1) - 1
+    x = x.float()
+    scale = qmax / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    # in place: fresh activation-sized temporaries cost more than the integer matmul itself on CPU
+    return (x * scale).round_().clamp_(-qmax - 1, qmax).to(torch.int8), scale
+
+
+def supports(bits: int) -> bool:
+    """Activation codes must fit int8 for the int8 x int8 -> int32 product."""
+    return 2 <= bits <= 8
+
+
+def ternary_linear(x: torch.Tensor, codes: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
+                   bits: int = 8) -> torch.Tensor:
+    """y = (gamma / s) * (x~ @ codes^T) + bias, with `codes` the int8 weight codes [out, in] (row-major: its
+    transpose is the column-major right operand, measured faster than a row-major one on CPU)."""
+    shape = x.shape
+    q, scale = activation_codes(x.reshape(-1, shape[-1]), bits)
+    y = torch._int_mm(q, codes.t()).float().mul_(gamma / scale)
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype).reshape(*shape[:-1], codes.shape[0])
