@@ -1,6 +1,6 @@
 """The prompt u of each bake: the runtime's instructions for the bake's tools and two demonstrations in the
-project's Q/A format (tool results as the runtime inserts them), interleaved with two plain questions
-answered without a call. Demonstrations come from train splits.
+project's Q/A format (tool results as the runtime inserts them; memory's interleaved with two plain questions
+answered without a call). Demonstrations come from train splits.
 The persona prompt is written by the model itself (`persona.py`).
 """
 from __future__ import annotations
@@ -24,20 +24,13 @@ MEMORY_DEMO = WRITE_DEMO + "\n\n" + READ_DEMO
 # default model (prompted, 32 test probes each; false calls on identity questions, write, read, recall):
 # write, chat, read, chat (memory_prompt) 0.00, 0.91, 1.00, 0.50; write, read alone 0.59, 1.00, 0.53, 0.22;
 # write, read, chat 0.00, 1.00, 0.22, 0.00 and chat, write, read, read 0.97, 1.00, 0.91, 0.31 (the nearest
-# demonstration sets the habit). Without them the memory bake taught calls on "who are you?".
+# demonstration sets the habit). Without them the teacher itself called on identity questions, so the bake's
+# identity questions (`chat_share`) taught calls instead of plain answers. The tool and retrieval teachers call on
+# them too (0.56 and 0.34); chat, demo, chat, demo brought both to 0.00 (arithmetic calls 0.69 -> 0.62, Python
+# cloze calls 0.22 -> 0.34), but in the quick chain the tool bake then did not bake at all (call rate 0.00 vs
+# 0.50 prompted, bench/results/baking_quick_chatdemos.json), so those two prompts keep their demonstrations only.
 CHAT_DEMOS = ("Q: Hello! How are you today?\nA: I am well, thank you. How can I help?",
               "Q: What is your favourite colour?\nA: I do not have one, but blue is a fine choice.")
-
-
-def chat_first(demos: list[str]) -> list[str]:
-    """chat, demo, chat, demo: the tool and retrieval prompts. Measured on the default model (prompted, 32
-    test probes): the tool teacher called on 0.56 of identity questions with its two demonstrations alone,
-    0.00 with this order (arithmetic call rate 0.69 -> 0.62; false calls on recall and instruction prompts
-    0.28 -> 0.12), while demo, chat, demo, chat stopped its calls altogether (0.00); retrieval 0.34 -> 0.00
-    (Python cloze call rate 0.22 -> 0.34). The bakes' plain identity questions (`chat_share`) are only
-    negatives if the teacher does not call on them."""
-    a, b = demos
-    return [CHAT_DEMOS[0], a, CHAT_DEMOS[1], b]
 
 
 def as_tool_demo(text: str) -> str:
@@ -47,7 +40,7 @@ def as_tool_demo(text: str) -> str:
 
 def tool_prompt(runtime) -> str:
     demos = [f"{qa(ex.prompt)}{as_tool_demo(ex.target)}" for ex in get_task("arithmetic").examples("train", 2, 97)]
-    return instructions([runtime.tools["calc"]]) + "\n\n" + "\n\n".join(chat_first(demos))
+    return instructions([runtime.tools["calc"]]) + "\n\n" + "\n\n".join(demos)
 
 
 def memory_prompt(runtime) -> str:
@@ -69,7 +62,7 @@ def retrieval_prompt(runtime) -> str:
     for _, q, word in cloze_questions(pydoc_passages(), 2, 97, "train"):
         query = search_words(q)
         demos.append(f"{qa(PROMPT.format(q))} <search>{query}</search>{wrap(DOCS, tool.fn(query))} {word}")
-    return instructions([tool]) + "\n\n" + "\n\n".join(chat_first(demos))
+    return instructions([tool]) + "\n\n" + "\n\n".join(demos)
 
 
 PROMPTS = {"tool": tool_prompt, "memory": memory_prompt, "retrieval": retrieval_prompt}

@@ -121,7 +121,8 @@ def other_queries(bake: str, split: str, n: int, shots: int, seed: int, chat_sha
     taught calls on questions they never saw: after them the model answered "who are you?" with memory calls.
     Measured (quick profile, 16 probes): the prompted memory teacher itself called on 62% of identity questions,
     so more of them (other_share 0.4, chat_share 0.5) did not help: false calls 0.81 baked, persona 0.19; the
-    memory prompt now demonstrates plain answers too (`prompts.CHAT_DEMOS`)."""
+    memory prompt now demonstrates plain answers (`prompts.CHAT_DEMOS`). The tool and retrieval teachers still
+    call on 56% and 34% of them (32 probes; why their prompts keep that: `prompts.py`)."""
     n_chat = round(n * chat_share)
     chat = [Query(qa(q), kind=CHAT) for q in identity_questions(split, n_chat, seed)]
     return chat + suite_queries(OTHER_TASKS[bake], split, n - n_chat, shots, seed)

@@ -39,7 +39,7 @@ from .settings import REFERENCE, BakingSettings
 from .train import autocast, bake
 from .trajectories import sample
 
-VERSION = 4  # 3: the memory prompt's no-call demonstrations; 4: the tool's and retrieval's
+VERSION = 3  # 3: the memory prompt's no-call demonstrations
 HISTORY_FILE = "baking_history.json"
 
 
