@@ -20,6 +20,11 @@ from .ternary import dequant_weight, quant_activation, quant_weight, weight_code
 KERNELS = ("int8", "dequant")
 
 
+def check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"PackedBitLinear kernel {kernel!r}: use one of {KERNELS}")
+
+
 class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, act_bits: int = 8,
                  norm: bool = False, device=None, dtype=None):
@@ -83,8 +88,7 @@ class PackedBitLinear(nn.Module):
                  bias: torch.Tensor | None = None, act_bits: int = 8, norm: bool = False, dtype=torch.float32,
                  kernel: str = "int8"):
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"PackedBitLinear kernel {kernel!r}: use one of {KERNELS}")
+        check_kernel(kernel)
         self.out_features, self.in_features = shape
         self.act_bits, self.norm, self.fmt, self.kernel = act_bits, norm, fmt, kernel
         self.register_buffer("codes", unpack(packed, shape, fmt))
@@ -116,8 +120,7 @@ class PackedBitLinear(nn.Module):
 
 def set_kernel(model: nn.Module, kernel: str) -> None:
     """Switch every PackedBitLinear of `model` to `kernel` (one of KERNELS)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel {kernel!r}: use one of {KERNELS}")
+    check_kernel(kernel)
     for m in model.modules():
         if isinstance(m, PackedBitLinear):
             m.kernel = kernel
