@@ -187,6 +187,18 @@ def test_existing_output_is_never_overwritten(models, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         run_merge(r, out)
     assert (out / "keep.txt").read_text() == "precious"
+    with pytest.raises(FileExistsError, match="is a file"):
+        run_merge(r, out / "keep.txt")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_finiteness_check_is_exact_when_a_finite_sum_overflows():
+    from agent_forge_core.merge.engine import is_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose float32 sum is inf
+    assert is_finite(big)
+    assert not is_finite(torch.tensor([1.0, float("nan")])) and not is_finite(torch.tensor([float("-inf"), 1.0]))
+    assert is_finite(torch.zeros(0)) and is_finite(torch.arange(3))
 
 
 def test_non_finite_merge_fails_and_leaves_nothing(models, tmp_path):
@@ -199,7 +211,7 @@ def test_non_finite_merge_fails_and_leaves_nothing(models, tmp_path):
 
 
 MEMORY_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 root = Path(sys.argv[1])
@@ -207,19 +219,23 @@ n_tensors, rows = 24, 1024  # 24 tensors of 1024x1024 float32 = 4 MiB each, 96 M
 for m in range(3):
     g = torch.Generator().manual_seed(m)
     d = root / f"m{m}"; d.mkdir()
-    for i in range(0, n_tensors, 4):  # write in pieces so building the inputs stays small too
-        part = {f"model.layers.{j}.mlp.up_proj.weight": torch.randn(rows, 1024, generator=g) for j in range(i, i + 4)}
+    for i in range(0, n_tensors, 12):  # two 48 MiB shards, each larger than the read window
+        part = {f"model.layers.{j}.mlp.up_proj.weight": torch.randn(rows, 1024, generator=g) for j in range(i, i + 12)}
         save_file(part, str(d / f"part{i}.safetensors")); del part
     import json
-    wm = {f"model.layers.{j}.mlp.up_proj.weight": f"part{j - j % 4}.safetensors" for j in range(n_tensors)}
+    wm = {f"model.layers.{j}.mlp.up_proj.weight": f"part{j - j % 12}.safetensors" for j in range(n_tensors)}
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
     (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": n_tensors}))
 from agent_forge_core.merge import parse_recipe, run_merge
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kb(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+# the peak (VmHWM) from here on: getrusage's ru_maxrss would start at the parent's RSS at fork time
+Path("/proc/self/clear_refs").write_text("5")
+before = status_kb("VmHWM")
 r = parse_recipe({"merge_method": "ties", "base_model": str(root / "m0"), "models": [
     {"model": str(root / f"m{m}"), "parameters": {"weight": 1, "density": 0.5}} for m in (1, 2)]})
-stats = run_merge(r, root / "out")
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = run_merge(r, root / "out", window_bytes=8 << 20)
+after = status_kb("VmHWM")
 print((after - before) * 1024, stats.bytes_read, stats.bytes_written)
 """
 
@@ -233,8 +249,10 @@ def test_streaming_peak_memory_is_a_few_tensors(tmp_path):
     growth, read, written = map(int, out.stdout.split())
     tensor = 1024 * 1024 * 4
     assert read == 3 * 24 * tensor and written >= 24 * tensor
-    # one tensor's 3 inputs, 2 deltas, masks and temporaries: ~13 tensors; the three models are 72 tensors
-    assert growth < 14 * tensor, f"peak RSS grew by {growth / 2**20:.0f} MiB while merging 3 x 96 MiB"
+    # the stated bound: one step's inputs, 2 deltas, masks and temporaries (~13 tensors) plus, per input,
+    # the read window (8 MiB) and one tensor of mapped pages: 92 MiB, where the three models are 288 MiB
+    bound = 14 * tensor + 3 * (2 * tensor + tensor)
+    assert growth < bound, f"peak RSS grew by {growth / 2**20:.0f} MiB while merging 3 x 96 MiB"
 
 
 def test_cli_merge_with_folders_and_checkpoint_keys(models, tmp_path, capsys):

@@ -156,3 +156,55 @@ def test_rank_window_matches_a_stable_sort_with_ties():
         ref[torch.argsort(x, descending=True, stable=True)[:k]] = True
         assert torch.equal(magnitude_mask(x, density), ref)
 
+
+
+def _ties_reference(base, deltas, weights, normalize):
+    """The TIES election as per-model sign and agreement tensors (the formula in task_vectors.py)."""
+    d = torch.stack([w * x for w, x in zip(weights, deltas)]).double()
+    elected = torch.where(d.sum(0) >= 0, 1.0, -1.0)
+    agree = d.sign() == elected
+    mixed = (d * agree).sum(0)
+    if normalize:
+        div = (torch.tensor(weights, dtype=torch.float64).reshape(-1, 1) * agree).sum(0)
+        mixed = mixed / torch.where(div == 0, 1.0, div.double())
+    return base.double() + mixed
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_chunked_sign_election_matches_the_per_model_formula(normalize):
+    # 2.5 chunks of entries on a grid of 1/4 with weights of 1/4s: every sum is exact in float32, so exact
+    # zeros and sums of exactly 0 (elected +) occur, and both sides must agree on them
+    g = torch.Generator().manual_seed(0)
+    n = int(2.5 * (1 << 18))
+    base = (torch.randn(n, generator=g) * 4).round() / 4
+    deltas = [(torch.randn(n, generator=g) * 4).round() / 4 for _ in range(3)]
+    weights = [1.0, 0.5, -0.75]
+    out = run("ties", [base.tolist(), *[(base + x).tolist() for x in deltas]],
+              [None, *[{"weight": w, "density": 1} for w in weights]], base_index=0, normalize=normalize)
+    ref = _ties_reference(base, deltas, weights, normalize)
+    assert (ref - base.double()).eq(0).any()  # the case of no agreeing model is exercised
+    assert torch.allclose(out.double(), ref, atol=1e-6)
+
+
+def test_slerp_chunked_dots_match_float64():
+    from agent_forge_core.merge.methods.slerp import CHUNK, _dots
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(5 * CHUNK + 7, generator=g), torch.randn(5 * CHUNK + 7, generator=g)
+    aa, bb, ab = _dots(a, b)
+    ref = (a.double() @ a.double(), b.double() @ b.double(), a.double() @ b.double())
+    for got, want in zip((aa, bb, ab), ref):
+        assert abs(got - want.item()) <= 1e-6 * (ref[0] * ref[1]).sqrt().item()
+
+
+def test_dare_keeps_density_of_entries_independently_per_seed():
+    from agent_forge_core.merge.sparsify import random_drop_, tensor_generator
+
+    n = 1 << 20
+    kept = [random_drop_(torch.ones(n), 0.3, tensor_generator(s, "t", "m")) for s in (0, 1)]
+    for k in kept:  # binomial sd of the kept fraction: sqrt(.3 * .7 / n) = 4.5e-4
+        assert abs(k.mean().item() - 0.3) < 5 * 4.5e-4 and set(k.unique().tolist()) == {0.0, 1.0}
+    both = (kept[0] * kept[1]).mean().item()  # independent draws overlap on .09 of the entries
+    assert abs(both - 0.09) < 0.003
+    again = random_drop_(torch.ones(n), 0.3, tensor_generator(0, "t", "m"))
+    assert torch.equal(again, kept[0])

@@ -98,7 +98,7 @@ def artifacts(store: CheckpointStore, key: str) -> list[Artifact]:
 
 SPEC = StageSpec(
     name="evomerge",
-    version=2,
+    version=3,  # 3: DARE drops drawn with PCG64 (faster), so merges differ from version 2's
     takes="many",
     build=build,
     settings=EvoMergeSettings,

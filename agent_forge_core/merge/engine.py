@@ -4,8 +4,9 @@ Inputs are HF folders (safetensors). The engine:
 1. validates the recipe against the method (base model, number of models, known and required
    parameters) and the inputs against each other (architecture, tensor names and shapes, tokenizer);
 2. plans every output tensor (name, shape, dtype) so the writer can stream;
-3. for each output tensor reads only the input tensors it needs (float32 math), resolves the parameters
-   for that tensor (filters, layer gradients), merges, checks it is finite, writes it, and drops it;
+3. for each output tensor takes only the input tensors it needs (memory-mapped views, no copy; float32
+   math), resolves the parameters for that tensor (filters, layer gradients), merges, checks it is
+   finite (one sum), writes it, and drops it;
 4. copies config (layer count updated for slices), generation config and the base model's tokenizer.
 The output appears atomically: it is built in a sibling temp folder and renamed into place.
 """
@@ -17,7 +18,6 @@ import re
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +29,7 @@ from ..errors import ConfigError, ModelLoadError
 from .compat import check_architectures, check_tensors, check_tokenizers, read_config
 from .methods import REQUIRED, MergeMethod, TensorInputs, get_method
 from .recipe import Recipe, resolve
-from .safetensors_io import LazyCheckpoint, StreamingWriter, TensorInfo
+from .safetensors_io import WINDOW_BYTES, LazyCheckpoint, StreamingWriter, TensorInfo
 
 LAYER = re.compile(r"^(.*?\.layers\.)(\d+)(\..*)$")
 OUR_GLOBALS = {"seed": 0}  # extensions accepted by every method
@@ -177,9 +177,11 @@ def run_merge(
     folders: dict[str, Path] | None = None,
     max_shard_bytes: int = 2 << 30,
     progress: Callable[[float, str], None] | None = None,
+    window_bytes: int = WINDOW_BYTES,
 ) -> MergeStats:
     """Merge per `recipe` into `out_dir`. `folders` maps the recipe's model names to local folders
-    (names that are folders themselves need no entry)."""
+    (names that are folders themselves need no entry). Peak memory: the tensors of one merge step plus,
+    per input model, at most `window_bytes` + its largest tensor of mapped file pages."""
     start = time.perf_counter()
     method = get_method(recipe.merge_method)
     _check_shape(method, recipe)
@@ -189,12 +191,14 @@ def run_merge(
         if not f.is_dir():
             raise ModelLoadError(f"recipe model {r!r}: {f} is not a model folder")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; choose a new output folder (nothing was written)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output folder (nothing was written)")
     configs = {r: read_config(f) for r, f in folders.items()}
     check_architectures(configs)
     check_tokenizers(folders)
-    ckpts = {r: LazyCheckpoint(f) for r, f in folders.items()}
+    ckpts = {r: LazyCheckpoint(f, window_bytes) for r, f in folders.items()}
     dtype_name = recipe.out_dtype or recipe.dtype
     if dtype_name and dtype_name not in DTYPES:
         raise ConfigError(f"recipe dtype {dtype_name!r} is not supported; use one of {sorted(DTYPES)}")
@@ -207,18 +211,11 @@ def run_merge(
 
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     read = 0
-
-    def load(job: _Job) -> list[torch.Tensor]:
-        return [ckpts[r].get(n).float() for r, n in job.sources]
-
     try:
-        # Reads of the next tensor's inputs overlap the merge and write of this one (file reads release
-        # the GIL): one tensor's inputs more in memory, the disk and the CPU both kept busy.
-        with StreamingWriter(tmp, [j.out for j in jobs], max_shard_bytes) as writer, ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(load, jobs[0]) if jobs else None
+        with StreamingWriter(tmp, [j.out for j in jobs], max_shard_bytes) as writer:
             for k, job in enumerate(jobs):
-                tensors = pending.result()
-                pending = pool.submit(load, jobs[k + 1]) if k + 1 < len(jobs) else None
+                # views of the inputs' file mappings: float32 inputs are not copied at all
+                tensors = [ckpts[r].get(n).float() for r, n in job.sources]
                 read += sum(ckpts[r].infos[n].nbytes for r, n in job.sources)
                 refs = [r for r, _ in job.sources]
                 base_index = refs.index(recipe.base_model) if recipe.base_model in refs else None
@@ -229,9 +226,11 @@ def run_merge(
                     )
                 params = _resolve_all(job.global_layers, job.out.name, job.t, method.global_params, method.name)
                 merged = method.merge(TensorInputs(job.out.name, tensors, model_params, base_index, params, seed, refs))
-                if merged.numel() and not all(map(math.isfinite, torch.aminmax(merged.reshape(-1)))):
-                    raise FloatingPointError(f"merge produced non-finite values in {job.out.name}; check the recipe's weights")
-                writer.write(job.out.name, merged.to(job.out.dtype))
+                merged = merged.to(job.out.dtype)
+                if not is_finite(merged):
+                    raise FloatingPointError(f"merge produced non-finite values in {job.out.name} (as {job.out.dtype}); "
+                                             "check the recipe's weights, or write a wider dtype")
+                writer.write(job.out.name, merged)
                 del tensors, merged
                 if progress and (k % 16 == 0 or k == len(jobs) - 1):
                     progress((k + 1) / len(jobs), f"merged {k + 1}/{len(jobs)} tensors")
@@ -244,6 +243,15 @@ def run_merge(
         shutil.rmtree(tmp, ignore_errors=True)
     written = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
     return MergeStats(len(jobs), read, written, time.perf_counter() - start)
+
+
+def is_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite. One sum covers the common case (a NaN or inf anywhere makes it
+    non-finite); only a non-finite sum, which may also be an overflow of finite entries, pays for the
+    exact elementwise check."""
+    if not t.is_floating_point() or not t.numel() or math.isfinite(float(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def _listed(recipe: Recipe) -> set[str]:

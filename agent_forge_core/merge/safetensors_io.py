@@ -1,11 +1,16 @@
-"""Lazy safetensors reading and streaming, sharded safetensors writing.
+"""Reading checkpoints with the safetensors library, and a streaming, sharded safetensors writer.
 
-The safetensors layout is: 8-byte little-endian header length N, N bytes of JSON header
-(`name -> {dtype, shape, data_offsets: [begin, end]}`, plus `__metadata__`), then the raw tensor bytes.
-Reading seeks to one tensor's byte range and copies just that (no mmap: a merge that touches every
-tensor would otherwise keep every input page resident). Writing computes the header from the planned
-output shapes first, so each tensor is written as soon as it is merged and then dropped: peak memory is
-the handful of tensors being merged, whatever the model size.
+Reading: `safetensors.safe_open` memory-maps each file and `get_tensor` returns a view of the mapping, so
+a tensor costs no copy; its pages come from the page cache when the merge first touches them. A mapping
+keeps every page it has touched resident (and counted in RSS) while it lives, so each file's handle is
+reopened after `window_bytes` of tensors: resident input pages stay below files × (window + largest
+tensor), whatever the model size.
+
+Writing is hand-written because the library has no streaming writer: `save_file` needs every tensor in
+memory at once. The safetensors layout is an 8-byte little-endian header length N, N bytes of JSON header
+(`name -> {dtype, shape, data_offsets: [begin, end]}`, plus `__metadata__`), then the raw tensor bytes;
+the writer computes the header from the planned output shapes first, so each tensor is written as soon as
+it is merged and then dropped.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelLoadError
 
@@ -28,6 +34,7 @@ DTYPES = {
 CODES = {v: k for k, v in DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+WINDOW_BYTES = 32 << 20  # measured: reopening costs ~0.3 ms, so a 538 MB model pays ~5 ms for it
 
 
 @dataclass(frozen=True)
@@ -41,33 +48,24 @@ class TensorInfo:
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """(header dict, byte offset where tensor data starts)."""
-    bad = f"{path}: not a valid safetensors file (truncated, or another format): re-create or re-download it"
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ModelLoadError(bad)
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:  # the header cannot be longer than the file (a garbage length would allocate it)
-            raise ModelLoadError(bad)
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ModelLoadError(bad) from None
-    if not isinstance(header, dict) or any(
-            name != "__metadata__" and not (isinstance(m, dict) and {"dtype", "shape", "data_offsets"} <= set(m))
-            for name, m in header.items()):
-        raise ModelLoadError(bad)
-    return header, 8 + n
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{path}: not a valid safetensors file (truncated, or another format): re-create or "
+                             f"re-download it ({e})") from None
 
 
 class LazyCheckpoint:
-    """The tensors of a HF folder (single or sharded safetensors), read one at a time on demand."""
+    """The tensors of a HF folder (single or sharded safetensors), read one at a time on demand.
 
-    def __init__(self, folder: str | os.PathLike):
+    `get` returns a view of a file's mapping (copy-on-write: writing to it never changes the file). At
+    most one file is open at a time, reopened after `window_bytes` of tensors, so the mapped pages that
+    count as resident stay below window + largest tensor, whatever the model size."""
+
+    def __init__(self, folder: str | os.PathLike, window_bytes: int = WINDOW_BYTES):
         self.folder = Path(folder)
+        self.window_bytes = window_bytes
         if (self.folder / INDEX).is_file():
             weight_map = json.loads((self.folder / INDEX).read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
@@ -78,33 +76,33 @@ class LazyCheckpoint:
                 f"{self.folder}: no {SINGLE} or {INDEX}; merges read safetensors checkpoints only "
                 "(convert with `agent-forge export` or save_pretrained(safe_serialization=True))"
             )
-        self._where: dict[str, tuple[Path, int, int]] = {}
+        self._file: dict[str, Path] = {}
         self.infos: dict[str, TensorInfo] = {}
         for fname in files:
             path = self.folder / fname
-            header, start = read_header(path)
-            for name, meta in header.items():
-                if name == "__metadata__":
-                    continue
-                b, e = meta["data_offsets"]
-                self._where[name] = (path, start + b, e - b)
-                self.infos[name] = TensorInfo(name, DTYPES[meta["dtype"]], tuple(meta["shape"]))
+            handle = _open(path)
+            for name in handle.offset_keys():  # file order: reads run forward
+                sl = handle.get_slice(name)
+                if sl.get_dtype() not in DTYPES:
+                    raise ModelLoadError(f"{path}: tensor {name} has dtype {sl.get_dtype()}, which merges do not "
+                                         f"read; use one of {sorted(DTYPES)}")
+                self._file[name] = path
+                self.infos[name] = TensorInfo(name, DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
+        self._path: Path | None = None
+        self._handle = None
+        self._served = 0
 
     def names(self) -> list[str]:
         return list(self.infos)
 
     def get(self, name: str) -> torch.Tensor:
-        path, offset, size = self._where[name]
-        info = self.infos[name]
-        out = torch.empty(info.shape, dtype=info.dtype)
-        if size:
-            raw = out.reshape(-1).view(torch.uint8).numpy()  # read straight into the tensor's memory
-            with open(path, "rb", buffering=0) as f:
-                f.seek(offset)
-                got = f.readinto(raw)
-            if got != size:
-                raise ModelLoadError(f"{path}: tensor {name} is truncated ({got} of {size} bytes)")
-        return out
+        path = self._file[name]
+        if path != self._path or self._served >= self.window_bytes:
+            self._handle = None  # drop the old mapping first; tensors still in use keep theirs alive
+            self._handle, self._path, self._served = _open(path), path, 0
+        t = self._handle.get_tensor(name)
+        self._served += t.numel() * t.element_size()
+        return t
 
 
 class StreamingWriter:

