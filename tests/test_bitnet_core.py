@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear
+from agent_forge_core.bitnet import int_matmul
 from agent_forge_core.bitnet.int_matmul import activation_codes
 from agent_forge_core.bitnet.packing import FORMATS, pack, packed_size, unpack
 from agent_forge_core.bitnet.ternary import quant_activation, quant_weight, weight_codes
@@ -125,3 +126,28 @@ def test_wide_activations_fall_back_to_the_dequantizing_path():
         assert torch.equal(packed(x), layer(x))  # int8 cannot hold 16-bit codes: the float path ran
     with pytest.raises(ValueError, match="kernel"):
         PackedBitLinear(pack(packed.codes.contiguous(), "2bit"), packed.gamma, (8, 32), "2bit", kernel="int4")
+
+
+def test_layers_reading_one_input_share_its_codes_and_nothing_else():
+    torch.manual_seed(6)
+    layers = [BitLinear(48, n, norm=norm, act_bits=bits) for n, norm, bits in
+              [(16, False, 8), (24, False, 8), (16, True, 8), (16, False, 4), (16, True, 8)]]
+    packed = [PackedBitLinear.from_bitlinear(m, "2bit") for m in layers]
+    x = torch.randn(3, 5, 48)
+    calls = []
+    real = int_matmul.activation_codes
+    int_matmul.activation_codes = lambda *a: calls.append(a[1]) or real(*a)
+    try:
+        with torch.no_grad():
+            got = [p(x) for p in packed]  # as q, k, v read the normed hidden states one after the other
+            again = packed[0](x.clone())  # equal values in another tensor: quantized anew
+    finally:
+        int_matmul.activation_codes = real
+    # quantized for (8 bits, no norm), (8, norm), (4, no norm), then (8, norm) again after the 4-bit call,
+    # and once more for the clone
+    assert calls == [8, 8, 4, 8, 8]
+    for p, m, y in zip(packed, layers, got):
+        p.kernel = "dequant"
+        with torch.no_grad():
+            assert torch.allclose(y, p(x), rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    assert torch.equal(again, got[0])

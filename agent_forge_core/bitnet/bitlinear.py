@@ -15,7 +15,7 @@ from torch import nn
 
 from . import int_matmul
 from .packing import pack, unpack
-from .ternary import dequant_weight, quant_activation, quant_weight, weight_codes
+from .ternary import dequant_weight, quant_activation, quant_weight, subln, weight_codes
 
 KERNELS = ("int8", "dequant")
 
@@ -47,7 +47,7 @@ class BitLinear(nn.Linear):
         return new
 
     def _prenorm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), eps=1e-6) if self.norm else x
+        return subln(x) if self.norm else x
 
     def effective_weight(self) -> torch.Tensor:
         """W + lam * (Q(W) - W).detach(): Q(W) in value, identity in gradient."""
@@ -104,10 +104,10 @@ class PackedBitLinear(nn.Module):
                                           and self.out_features % 8 == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm:
-            x = F.rms_norm(x, (x.shape[-1],), eps=1e-6)
         if self._int8_applies(x):
-            return int_matmul.ternary_linear(x, self.codes, self.gamma, self.bias, self.act_bits)
+            return int_matmul.ternary_linear(x, self.codes, self.gamma, self.bias, self.act_bits, self.norm)
+        if self.norm:
+            x = subln(x)
         w = dequant_weight(self.codes, self.gamma, x.dtype)
         return F.linear(quant_activation(x, self.act_bits), w, self.bias)
 

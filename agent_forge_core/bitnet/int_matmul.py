@@ -10,12 +10,20 @@ for any in_features below 2^24), computed exactly by `torch._int_mm`; one float 
 applies the scales. The fake-quant path (`BitLinear` at lam = 1) computes the same function in floating
 point, so the two agree up to float32 rounding of its dot products (tested). Unlike the dequantizing path,
 no float copy of the weights is made per call: the layer holds int8 codes only.
+
+Layers that read the same input tensor (q, k and v; gate and up) share its codes: `input_codes` keeps the
+last tensor it quantized, per thread, and reuses its codes when the next call passes that same object.
+Measured on SmolLM2-135M (2 cores, 2 x 512 tokens): forward +3-4% tokens/s, 7 quantizations per layer -> 4.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
-from .ternary import EPS
+from .ternary import EPS, subln
+
+_last = threading.local()
 
 
 def activation_codes(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,17 +35,32 @@ def activation_codes(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torc
     return (x * scale).round_().clamp_(-qmax - 1, qmax).to(torch.int8), scale
 
 
+def input_codes(x: torch.Tensor, bits: int, norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`activation_codes` of x [..., in] as [tokens, in] (after a parameter-free RMSNorm if `norm`), reused
+    when x is the very tensor the previous call on this thread quantized with the same settings. The entry
+    holds a reference to x, so its id cannot pass to another tensor while the entry lives. (A caller that
+    changed x in place between two layers would get stale codes; transformers' decoder layers pass the
+    normed hidden states to q/k/v and gate/up unchanged.)"""
+    entry = getattr(_last, "entry", None)
+    if entry is not None and entry[0] is x and entry[1] == (bits, norm):
+        return entry[2], entry[3]
+    flat = x.reshape(-1, x.shape[-1])
+    q, scale = activation_codes(subln(flat) if norm else flat, bits)
+    _last.entry = (x, (bits, norm), q, scale)
+    return q, scale
+
+
 def supports(bits: int) -> bool:
     """Activation codes must fit int8 for the int8 x int8 -> int32 product."""
     return 2 <= bits <= 8
 
 
 def ternary_linear(x: torch.Tensor, codes: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
-                   bits: int = 8) -> torch.Tensor:
+                   bits: int = 8, norm: bool = False) -> torch.Tensor:
     """y = (gamma / s) * (x~ @ codes^T) + bias, with `codes` the int8 weight codes [out, in] (row-major: its
     transpose is the column-major right operand, measured faster than a row-major one on CPU)."""
     shape = x.shape
-    q, scale = activation_codes(x.reshape(-1, shape[-1]), bits)
+    q, scale = input_codes(x, bits, norm)
     y = torch._int_mm(q, codes.t()).float().mul_(gamma / scale)
     if bias is not None:
         y += bias.float()

@@ -8,6 +8,7 @@ Activations, per token (absmax): s = 127 / max(|x|) (clamped at 1e-5), x~ = clam
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 EPS = 1e-5
 
@@ -33,3 +34,8 @@ def quant_activation(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     scale = qmax / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
     return torch.clamp(torch.round(x * scale), -qmax - 1, qmax) / scale
+
+
+def subln(x: torch.Tensor) -> torch.Tensor:
+    """The parameter-free RMSNorm that b1.58 applies before quantizing a layer's input (SubLN)."""
+    return F.rms_norm(x, (x.shape[-1],), eps=1e-6)
