@@ -232,6 +232,10 @@ def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
         chat = [q for q in qs if q.kind == "chat"]
         assert len(chat) == 4 and all(q.text[3:-3] in train_cores for q in chat)  # a third of the 12 others, train split
     assert not [q for q in training_queries("persona", 48, 0.25, 1, 0) if q.kind == "chat"]
+    # per bake: none for the tool bake by default (its teacher calls on identity questions)
+    assert BakingSettings().chat_share == {"tool": 0.0, "memory": 1 / 3, "retrieval": 1 / 3}
+    with pytest.raises(ValueError, match="not tool bakes"):
+        BakingSettings(chat_share={"persona": 0.5})
 
 
 def test_recovery_ratio():

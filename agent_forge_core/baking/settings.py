@@ -49,9 +49,12 @@ class BakingSettings(StageSection):
                               "(one query each, train splits only).")
     other_share: float = Field(0.25, ge=0, lt=1, description="Share of each bake's queries from other tasks (the "
                                "eval suite's prompts), where the prompted teacher does not use the bake's tool.")
-    chat_share: float = Field(1 / 3, ge=0, le=1, description="Share of a tool bake's other queries (tool, memory, "
-                              "retrieval) that are plain identity questions, where no call belongs (the persona bake "
-                              "has none: its own queries are identity questions).")
+    chat_share: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"tool": 0.0, "memory": 1 / 3, "retrieval": 1 / 3},
+        description="Per tool bake, the share of its other queries that are plain identity questions, where no call "
+        "belongs (the persona bake has none: its own queries are identity questions; a bake not listed gets 0). "
+        "The tool bake gets none: its prompted teacher calls the calculator on 0.56 of identity questions, so their "
+        "trajectories would teach false calls.")
     temperature: float = Field(0.5, gt=0, le=5, description="Sampling temperature of the trajectories (reference "
                                "2.0 for 7B models; a 135M model writes mostly noise at 1.0 and above).")
     max_new_tokens: int = Field(40, gt=0, description="Model tokens per trajectory (executor results not counted).")
@@ -97,6 +100,14 @@ class BakingSettings(StageSection):
     # tool and persona bakes, +47% after all four): the perplexity gates allow +50%, the accuracies -0.1.
     gates: dict[str, float] = Field(default_factory=lambda: {
         "perplexity": 0.5, "perplexity_ood": 0.5, "arithmetic": 0.1, "recall": 0.1, "instruction": 0.1})
+
+    @field_validator("chat_share")
+    @classmethod
+    def _tool_bakes(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [b for b in v if b not in BAKES or b == "persona"]
+        if bad:
+            raise ValueError(f"baking.chat_share: {bad} are not tool bakes; use any of {list(BAKES[:3])}")
+        return v
 
     @field_validator("order")
     @classmethod
