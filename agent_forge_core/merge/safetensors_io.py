@@ -2,9 +2,9 @@
 
 Reading: `safetensors.safe_open` memory-maps each file and `get_tensor` returns a view of the mapping, so
 a tensor costs no copy; its pages come from the page cache when the merge first touches them. A mapping
-keeps every page it has touched resident (and counted in RSS) while it lives, so each file's handle is
-reopened after `window_bytes` of tensors: resident input pages stay below files × (window + largest
-tensor), whatever the model size.
+keeps every page it has touched resident (and counted in RSS) while it lives, so a checkpoint keeps one
+file open at a time and reopens it after `window_bytes` of tensors: its resident pages stay below window +
+largest tensor, whatever the model size.
 
 Writing is hand-written because the library has no streaming writer: `save_file` needs every tensor in
 memory at once. The safetensors layout is an 8-byte little-endian header length N, N bytes of JSON header
