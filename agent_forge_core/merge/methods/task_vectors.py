@@ -44,7 +44,7 @@ def merge_task_vectors(x: TensorInputs, sparsify: MaskFn | None, consensus: bool
     total = sum(weights)
     flat, out = deltas.reshape(len(others), -1), torch.empty_like(base)
     flat_base, flat_out = base.reshape(-1), out.reshape(-1)
-    # chunks of CHUNK entries: the temporaries of the sign election stay in cache and cost no memory
+    # chunks of CHUNK entries: the sign election's temporaries stay small (1 MiB each) and in cache
     for a in range(0, flat.shape[1], CHUNK):
         d, m = flat[:, a:a + CHUNK], flat_out[a:a + CHUNK]
         if consensus:
