@@ -62,7 +62,18 @@ def markdown(manifests: list[Manifest], finals: list[str], store: CheckpointStor
                 f", change {'beyond' if g['significant'] else 'within'} noise ±{g['noise']:.3f}"
             lines.append(f"- {label(m)}: {g['metric']} {g['before']:.4g} -> {g['after']:.4g} "
                          f"(limit {g['limit']}{noise}) {'pass' if g['passed'] else 'FAIL'}")
+    for m in manifests:  # tables a stage recorded about its own work (e.g. compression's rate-quality curve)
+        for title, rows in m.info.get("tables", {}).items():
+            lines += ["", f"## {label(m)}: {title}", ""] + table_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A list of row dicts as a Markdown table (columns: every key, in first-seen order)."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
 
 
 def chart_png(manifests: list[Manifest]) -> bytes:

@@ -1,5 +1,5 @@
-"""Codecs of the final-compression stage: the LFSR, SeedLM, VPTQ, the RTN baseline, bit packing and exact
-bit accounting against the serialized payload."""
+"""Codecs of the final-compression stage: the LFSR, SeedLM, VPTQ, the RTN / GPTQ / GGUF baselines, bit
+packing and exact bit accounting against the serialized payload."""
 import math
 
 import pytest
@@ -97,6 +97,48 @@ def test_rtn_round_trip_and_bits():
     assert ((dec - w).abs() <= step / 2 + 1e-6).all()
 
 
+def test_asymmetric_rtn_is_the_q4_1_form_and_beats_symmetric_on_skewed_weights():
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(16, 64, generator=g) * 0.05 - 0.01  # skewed: a symmetric grid wastes half its levels
+    asym, sym = get_codec("rtn", bits=4, group=32, symmetric=False), get_codec("rtn", bits=4, group=32)
+    enc = asym.encode(w)
+    assert enc.bits_per_weight == 4 + 32 / 32 and int(enc.payload["q"].min()) >= 0 and int(enc.payload["q"].max()) <= 15
+    s, m = (enc.payload[k].float().repeat_interleave(32, -1).reshape(w.shape) for k in ("scale", "min"))
+    dec = get_codec("rtn").decode(enc)  # decodes from the payload alone
+    assert torch.equal(dec, enc.payload["q"].float().reshape(w.shape) * s + m)
+    assert ((dec - w).abs() <= s / 2 + 1e-4).all()
+    assert rel(dec, w) < 0.6 * rel(sym.decode(sym.encode(w)), w)
+
+
+def test_gptq_lowers_the_proxy_loss_of_rtn_on_the_same_grid():
+    w = big_matrices()["gaussian"]
+    H = calibration_hessian(w.shape[1])
+    for bits, symmetric in ((3, False), (4, False), (4, True)):
+        rtn, gptq = get_codec("rtn", bits=bits, group=64, symmetric=symmetric), get_codec("gptq", bits=bits, group=64, symmetric=symmetric)
+        r, q = rtn.encode(w), gptq.encode(w, H)
+        assert q.bits == r.bits and all(torch.equal(q.payload[k], r.payload[k]) for k in r.payload if k != "q")
+        # GPTQ decodes as RTN does (the artifact needs no new decoder), only the rounding differs
+        assert torch.equal(get_codec("gptq").decode(q), rtn.decode(q))
+        assert proxy_loss(gptq.decode(q), w, H) < 0.8 * proxy_loss(rtn.decode(r), w, H)
+
+
+@pytest.mark.parametrize("qtype,bpw", [("Q4_0", 4.5), ("Q4_1", 5.0), ("Q5_0", 5.5), ("Q8_0", 8.5)])
+def test_gguf_blocks_are_the_gguf_package_bytes(qtype, bpw):
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    w = big_matrices()["student-t(3)"][:, :192]
+    c = get_codec("gguf", type=qtype)
+    enc = c.encode(w)
+    reference = quants.quantize(w.numpy(), GGMLQuantizationType[qtype])
+    assert np.array_equal(enc.payload["blocks"].numpy(), reference) and enc.bits_per_weight == bpw
+    assert torch.equal(get_codec("gguf").decode(enc), torch.from_numpy(quants.dequantize(reference, GGMLQuantizationType[qtype])))
+    with pytest.raises(ConfigError, match="32-weight blocks"):
+        c.encode(w[:, :40])
+    with pytest.raises(ConfigError, match="Q4_K"):
+        get_codec("gguf", type="Q4_K")
+
+
 def big_matrices():
     g = torch.Generator().manual_seed(1)
     gauss = torch.randn(128, 256, generator=g) * 0.02
@@ -176,9 +218,11 @@ def test_serialized_size_matches_the_accounted_bits():
 
     w = big_matrices()["gaussian"]
     for name, kw in (("rtn", dict(bits=3, group=64)), ("seedlm", dict(C=8, P=3, n_seeds=256)),
-                     ("vptq", dict(v=4, k=64, residual_k=4, outlier_frac=0.02)), ("hyper", dict(n=64))):
+                     ("vptq", dict(v=4, k=64, residual_k=4, outlier_frac=0.02)), ("hyper", dict(n=64)),
+                     ("rtn", dict(bits=5, group=32, symmetric=False)), ("gptq", dict(bits=3, group=64)),
+                     ("gguf", dict(type="Q5_0"))):
         c = get_codec(name, **kw)
-        enc = c.encode(w)
+        enc = c.encode(w, calibration_hessian(w.shape[1]) if c.uses_hessian else None)
         stored = enc.packed()
         blob = save(stored)
         header = 8 + int.from_bytes(blob[:8], "little")
@@ -190,7 +234,7 @@ def test_serialized_size_matches_the_accounted_bits():
         back = Encoded.from_packed(name, enc.shape, load(blob), enc.params, enc.widths,
                                    {k: list(v.shape) for k, v in enc.payload.items()}, enc.extra_bits)
         assert torch.equal(c.decode(back), c.decode(enc))
-        assert save(c.encode(w).packed()) == blob  # deterministic, byte for byte
+        assert save(c.encode(w, calibration_hessian(w.shape[1]) if c.uses_hessian else None).packed()) == blob  # deterministic
 
 
 def test_hyper_codebook_is_the_reference_winding_and_nearest_point_is_exact():

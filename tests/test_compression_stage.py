@@ -29,7 +29,7 @@ KEEP = {"pattern": "*", "codec": "keep"}
 
 def compress(tiny_settings, *extra):
     s = tiny_settings("cognate.enabled=false", "compression.enabled=true", "compression.calibration_tokens=512",
-                      "compression.gates={}", *extra)
+                      "compression.gates={}", "compression.target_bpw=null", "compression.finetune.enabled=false", *extra)
     assert plan(s) == ["import", "compression"]
     ctx = make_context(s)
     (base,) = run_stage_on("import", [], ctx).outputs
@@ -105,7 +105,7 @@ def test_select_auto_spends_bits_where_they_buy_accuracy():
 def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1",
                       "bitnet.measure_ptq=false", "bitnet.gates={}", "compression.enabled=true", "compression.gates={}",
-                      "compression.keep_dtype=float32", rules(KEEP))
+                      "compression.target_bpw=null", "compression.keep_dtype=float32", rules(KEEP))
     assert plan(s) == ["import", "bitnet", "compression"]
     ctx = make_context(s)
     (base,) = run_stage_on("import", [], ctx).outputs
@@ -189,3 +189,23 @@ def test_export_decodes_the_artifact_into_a_plain_folder(tiny_settings, tmp_path
     ids = tok("Q: What is 2 + 2?\nA:", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+def test_finetuning_tunes_only_codebooks_and_norms_and_lowers_the_calibration_loss(tiny_settings):
+    tune = ["compression.finetune.steps=24", "compression.finetune.lr=0.003", "compression.finetune.tokens=1024",
+            "compression.calibration_len=64"]
+    ctx, _, plain_key, _ = compress(tiny_settings, rules(PROJ_VPTQ, EMBED_RTN, KEEP), *tune)
+    ctx2, _, key, info = compress(tiny_settings, rules(PROJ_VPTQ, EMBED_RTN, KEEP), *tune,
+                                  "compression.finetune.enabled=true")
+    ft = info["finetune"]
+    assert ft["steps"] == 24 and ft["tensors"] == 14 and ft["kept"] == 5  # 4 layer norms + the final norm
+    assert ft["loss_after"] < 0.8 * ft["loss_before"]  # measured with the codebooks as stored (float16)
+    plain, tuned = (load_file(str(c.store.get(k) / PAYLOAD)) for c, k in ((ctx, plain_key), (ctx2, key)))
+    assert plain.keys() == tuned.keys()
+    changed = {n for n in plain if not torch.equal(plain[n], tuned[n])}
+    codebooks = {n for n in plain if "::codebook" in n}
+    norms = {n for n in plain if n.endswith("norm.weight")}
+    assert changed == codebooks | norms  # indices, permutations, the embedding's codes and scales: untouched
+    assert all(tuned[n].dtype == torch.float16 for n in codebooks)
+    sizes = [json.loads((c.store.get(k) / MANIFEST).read_text())["totals"]["bits"] for c, k in ((ctx, plain_key), (ctx2, key))]
+    assert sizes[0] == sizes[1]

@@ -53,13 +53,23 @@ class Option:
     numel: int  # weights of the tensor: λ is per bit per weight, comparable across tensor sizes
 
 
-def select_auto(options: dict[str, list[Option]], fixed_bits: int, total_weights: int, target_bpw: float | None,
-                error_budget: float) -> dict[str, Option]:
-    """Per tensor one option (see the module docstring). `fixed_bits`: bits of every tensor not chosen here."""
+def within_budget(options: dict[str, list[Option]], error_budget: float) -> dict[str, list[Option]]:
+    """Each tensor's options within `error_budget` (the most accurate one where none is)."""
     allowed = {}
     for name, opts in options.items():
         ok = [o for o in opts if o.error <= error_budget]
         allowed[name] = ok or [min(opts, key=lambda o: o.error)]
+    return allowed
+
+
+def cheapest_bits(options: dict[str, list[Option]], error_budget: float) -> int:
+    return sum(min(o.bits for o in opts) for opts in within_budget(options, error_budget).values())
+
+
+def select_auto(options: dict[str, list[Option]], fixed_bits: int, total_weights: int, target_bpw: float | None,
+                error_budget: float) -> dict[str, Option]:
+    """Per tensor one option (see the module docstring). `fixed_bits`: bits of every tensor not chosen here."""
+    allowed = within_budget(options, error_budget)
 
     def pick(lam: float) -> dict[str, Option]:
         return {n: min(opts, key=lambda o: (o.error + lam * o.bits / o.numel, o.bits)) for n, opts in allowed.items()}
@@ -71,7 +81,7 @@ def select_auto(options: dict[str, list[Option]], fixed_bits: int, total_weights
     if target_bpw is None or bpw(best) <= target_bpw:
         return best
     cheapest = {n: min(opts, key=lambda o: o.bits) for n, opts in allowed.items()}
-    if bpw(cheapest) > target_bpw:
+    if bpw(cheapest) > target_bpw + 1e-12:
         raise ConfigError(
             f"compression.target_bpw={target_bpw}: the cheapest plan within compression.error_budget="
             f"{error_budget} needs {bpw(cheapest):.3f} bits/weight; raise target_bpw or error_budget, or add cheaper "

@@ -37,6 +37,10 @@ class GateResult:
             bound = f"at most {self.before * (1 + self.limit):.4g} (+{self.limit:.0%} of the input's {self.before:.4g})"
         else:
             bound = f"at least {self.before - self.limit:.4g} (input {self.before:.4g} minus {self.limit:.4g})"
+        if not self.passed:
+            short = self.after - self.before * (1 + self.limit) if is_lower_better(self.metric) else \
+                (self.before - self.limit) - self.after
+            bound += f", {'over' if is_lower_better(self.metric) else 'short'} by {short:.4g}"
         noise = "" if self.noise is None else (
             f"; the change {self.after - self.before:+.3f} is {'beyond' if self.significant else 'within'} the "
             f"noise of ±{self.noise:.3f}")
@@ -56,13 +60,14 @@ def check_gates(before: dict[str, float], after: dict[str, float], gates: dict[s
     return results
 
 
-def enforce_gates(stage: str, output: str, before, after, gates) -> list[GateResult]:
+def enforce_gates(stage: str, output: str, before, after, gates, advice: str | None = None) -> list[GateResult]:
+    """check_gates, raising GateFailed (which metrics, by how much, and `advice` or the generic fix)."""
     results = check_gates(before, after, gates)
     failed = [r for r in results if not r.passed]
     if failed:
         lines = "\n  ".join(r.describe() for r in failed)
         raise GateFailed(
             f"stage {stage!r} failed its quality gate for {output}; no checkpoint was written:\n  {lines}\n"
-            f"Loosen `{stage}.gates.<metric>` or change the stage's settings."
+            + (advice or f"Loosen `{stage}.gates.<metric>` or change the stage's settings.")
         )
     return results

@@ -91,6 +91,8 @@ class StageSpec:
     variants: Callable[[Section], list[str]] = _single
     evaluate: EvaluateFn | None = None  # None: the eval suite (`evals.suite.evaluate`)
     artifacts: Callable[[CheckpointStore, str], list[Artifact]] | None = None  # shown for each output key
+    # (section, the built model's info) -> what to change when its gates fail (None: the generic advice)
+    gate_advice: Callable[[Section, dict[str, Any]], str] | None = None
     jobs: tuple[Job, ...] = ()  # functions its fan-out runs (deployment runs look them up by name)
     description: str = ""
 

@@ -6,11 +6,11 @@ import shutil
 
 from ..errors import GateFailed
 from ..evals.gates import enforce_gates
-from ..evals.suite import evaluate
 from ..formats.files import carry_sidecars
 from ..model_io import load_model
 from ..store import Manifest
 from .contract import StageContext, StageResult, StageSpec
+from .evaluation import evaluate_built
 from .plan import PlannedStage, code_version, output_keys, stage_config_hash
 from .registry import get_stage
 
@@ -33,8 +33,8 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             if spec.evaluate:
                 metrics = spec.evaluate(model, tok, ctx.settings.eval, built.folder)
             else:
-                metrics = evaluate(model, tok, ctx.settings.eval, complete=_runtime_completer(built.folder, model, tok, ctx, key),
-                                   progress=lambda f, m, _i=i: ctx.progress(_i / n, f"{spec.name}: {key}: {m}"))
+                metrics = evaluate_built(model, tok, built.folder, ctx, key,
+                                         progress=lambda f, m, _i=i: ctx.progress(_i / n, f"{spec.name}: {key}: {m}"))
             del model
             broken = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             if broken:
@@ -44,7 +44,12 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
             gates = []
             if built.parent:
                 before = ctx.store.manifest(built.parent).metrics
-                gates = enforce_gates(spec.name, key, before, metrics, section.gates)
+                advice = spec.gate_advice(section, built.info) if spec.gate_advice else None
+                try:
+                    gates = enforce_gates(spec.name, key, before, metrics, section.gates, advice)
+                except GateFailed:
+                    shutil.rmtree(built.folder, ignore_errors=True)
+                    raise
             manifest = Manifest(
                 key=key, stage=spec.name, parents=list(inputs), config_hash=ch, code_version=cv, metrics=metrics,
                 info={**built.info, "variant": built.variant, "compared_to": built.parent,
@@ -62,19 +67,6 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
         reused=not missing,
         info={k: m.info for k, m in manifests.items()},
     )
-
-
-def _runtime_completer(folder, model, tok, ctx: StageContext, key: str):
-    """A checkpoint that carries a runtime (`runtime.json`) is evaluated as the agent it is: its tools in the
-    loop (a fresh, throwaway memory session per evaluation)."""
-    from ..agent.runtime import Runtime
-    from ..agent.settings import RUNTIME_FILE
-
-    if not (folder / RUNTIME_FILE).is_file():
-        return None
-    runtime = Runtime.open(folder, model, tok, ctx.settings.agent, session=f"eval-{key}", model_key=key)
-    runtime.memory.clear()
-    return runtime.completer(ctx.settings.eval.max_new_tokens)
 
 
 def _reusable(ctx: StageContext, stage: str, key: str) -> bool:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from ...errors import ConfigError
 from .base import Codec, Encoded
+from .gguf_blocks import GGUFBlocks
+from .gptq import GPTQ
 from .hyper import HyperCompression
 from .rtn import RTN
 from .seedlm import SeedLM
 from .vptq import VPTQ
 
-CODECS: dict[str, type[Codec]] = {c.name: c for c in (SeedLM, VPTQ, HyperCompression, RTN)}
+CODECS: dict[str, type[Codec]] = {c.name: c for c in (SeedLM, VPTQ, HyperCompression, RTN, GPTQ, GGUFBlocks)}
 
 
 def get_codec(name: str, **params) -> Codec:

@@ -70,6 +70,8 @@ class Encoded:
 class Codec:
     name: ClassVar[str]
     uses_hessian: ClassVar[bool] = False
+    # payload fields (name prefixes) of float values that end-to-end fine-tuning may tune, codes fixed
+    trainable: ClassVar[tuple[str, ...]] = ()
 
     def encode(self, w: torch.Tensor, hessian: torch.Tensor | None = None) -> Encoded:
         raise NotImplementedError

@@ -10,7 +10,7 @@ column j of W is cut into M/v vectors.
 2. Codebooks (§4.2.1): Hessian-weighted k-means, vector of column j weighted by H_jj, minimizing
    Σ_j H_jj ‖w − c‖² (Lloyd iterations, deterministic seed). Optional residual codebook (§4.2.3) fitted
    on what the first one leaves.
-3. GPTQ-style pass (§3.2): columns in blocks of `block`; each column's vectors go to their nearest
+3. GPTQ-style pass (§3.2, `hessian_pass.gptq_pass`): columns in blocks of `block`; each column's vectors go to their nearest
    centroids (then the residual codebook on the remainder), and the column's error e/U_jj is pushed
    onto the not yet quantized columns through U, the upper Cholesky factor of H⁻¹ (within the block at
    once, onto later blocks lazily), so later columns absorb what earlier ones lost.
@@ -27,6 +27,7 @@ import torch
 
 from ...errors import ConfigError
 from .base import Codec, Encoded
+from .hessian_pass import damped_hessian, gptq_pass, inverse_cholesky
 
 
 def nearest(x: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
@@ -58,6 +59,7 @@ def weighted_kmeans(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, seed: 
 class VPTQ(Codec):
     name = "vptq"
     uses_hessian = True
+    trainable = ("codebook", "outlier_codebook")  # `finetune.py`: the centroids, indices fixed
 
     def __init__(self, v: int = 4, k: int = 256, residual_k: int = 0, outlier_frac: float = 0.0, outlier_k: int | None = None,
                  permute: bool = True, damp: float = 0.01, block: int = 128, iters: int = 20, seed: int = 0):
@@ -103,18 +105,11 @@ class VPTQ(Codec):
         M, N = w.shape
         if M % self.v:
             raise ConfigError(f"vptq vector length {self.v} does not divide the output dimension {M}")
-        W = w.detach().double().clone()
-        H = torch.eye(N, dtype=torch.float64) if hessian is None else hessian.detach().double().clone()
-        if H.shape != (N, N):
-            raise ConfigError(f"vptq: Hessian shape {tuple(H.shape)} does not match the input dimension {N}")
-        dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
-        H[dead, dead] = 1.0
-        W[:, dead] = 0.0
-        H += self.damp * torch.diag(H).mean() * torch.eye(N, dtype=torch.float64)
+        W, H = damped_hessian(w, hessian, self.damp)
         d = torch.diag(H).clone()
         perm, n_out = self._order(d)
         W, H, d = W[:, perm], H[perm][:, perm], d[perm]
-        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        U = inverse_cholesky(H)
 
         Wf, df = W.float(), d.float()
         books = {"normal": self._codebooks(Wf, df, slice(n_out, N), self.k, self.seed)}
@@ -122,20 +117,16 @@ class VPTQ(Codec):
             books["outlier"] = self._codebooks(Wf, df, slice(0, n_out), self.outlier_k, self.seed + 7)
         nv = M // self.v
         idx = [torch.empty(N, nv, dtype=torch.int64) for _ in books["normal"]]
-        for b0 in range(0, N, self.block):
-            b1 = min(b0 + self.block, N)
-            err = torch.zeros(M, b1 - b0, dtype=torch.float64)
-            for j in range(b0, b1):
-                col = W[:, j]
-                q = torch.zeros(M, dtype=torch.float64)
-                for level, C in enumerate(books["outlier" if j < n_out else "normal"]):
-                    a = nearest((col - q).float().reshape(nv, self.v), C)
-                    idx[level][j] = a
-                    q = q + C[a].reshape(M).double()
-                e = (col - q) / U[j, j]
-                W[:, j + 1: b1] -= e[:, None] * U[j, j + 1: b1][None, :]
-                err[:, j - b0] = e
-            W[:, b1:] -= err @ U[b0:b1, b1:]
+
+        def quantize(j: int, col: torch.Tensor) -> torch.Tensor:
+            q = torch.zeros(M, dtype=torch.float64)
+            for level, C in enumerate(books["outlier" if j < n_out else "normal"]):
+                a = nearest((col - q).float().reshape(nv, self.v), C)
+                idx[level][j] = a
+                q = q + C[a].reshape(M).double()
+            return q
+
+        gptq_pass(W, U, quantize, self.block)
 
         payload = {f"codebook{i}": C.half() for i, C in enumerate(books["normal"])}
         widths = {}

@@ -1,0 +1,27 @@
+"""How the runner evaluates a built model, for stages that evaluate candidates themselves (compression's
+`target_bpw: auto` judges plans on the validation split the same way the runner judges the output)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evals.suite import evaluate
+from .contract import StageContext
+
+
+def runtime_completer(folder: Path, model, tok, ctx: StageContext, key: str):
+    """A checkpoint that carries a runtime (`runtime.json`) is evaluated as the agent it is: its tools in the
+    loop (a fresh, throwaway memory session per evaluation)."""
+    from ..agent.runtime import Runtime
+    from ..agent.settings import RUNTIME_FILE
+
+    if not (Path(folder) / RUNTIME_FILE).is_file():
+        return None
+    runtime = Runtime.open(folder, model, tok, ctx.settings.agent, session=f"eval-{key}", model_key=key)
+    runtime.memory.clear()
+    return runtime.completer(ctx.settings.eval.max_new_tokens)
+
+
+def evaluate_built(model, tok, folder: Path, ctx: StageContext, key: str, split: str = "test", progress=None) -> dict:
+    """The eval suite on `split`, through the checkpoint's agent runtime where it carries one."""
+    return evaluate(model, tok, ctx.settings.eval, split=split, complete=runtime_completer(folder, model, tok, ctx, key),
+                    progress=progress)
