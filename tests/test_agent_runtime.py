@@ -172,7 +172,7 @@ def test_runtime_from_a_checkpoint_and_the_eval_hook(tiny, tiny_model_dir, tmp_p
 def test_a_checkpoint_with_a_runtime_is_evaluated_with_its_tools(tiny_settings, monkeypatch, tmp_path):
     """The runner evaluates a built checkpoint that carries runtime.json through its tool loop."""
     import agent_forge_core.importer.stage as importer
-    import agent_forge_core.stages.runner as runner
+    import agent_forge_core.stages.evaluation as evaluation  # how the runner evaluates a built model
     from agent_forge_core.context import make_context
     from agent_forge_core.stages.runner import run_stage_on
 
@@ -183,14 +183,14 @@ def test_a_checkpoint_with_a_runtime_is_evaluated_with_its_tools(tiny_settings, 
         (out / "runtime.json").write_text(json.dumps({"tools": ["calc"]}))
         return out
 
-    real_eval = runner.evaluate
+    real_eval = evaluation.evaluate
 
     def spy(model, tok, cfg, **kw):
         seen["complete"] = kw.get("complete")
         return real_eval(model, tok, cfg, **kw)
 
     monkeypatch.setattr(importer, "save_model", save_with_runtime)
-    monkeypatch.setattr(runner, "evaluate", spy)
+    monkeypatch.setattr(evaluation, "evaluate", spy)
     s = tiny_settings("eval.n_examples=2", f"agent.memory={tmp_path}/memory.sqlite")
     (key,) = run_stage_on("import", [], make_context(s)).outputs
     assert seen["complete"] is not None and "runtime.json" in make_context(s).store.manifest(key).files

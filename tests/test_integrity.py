@@ -77,10 +77,10 @@ def test_a_model_with_nan_weights_is_refused_at_import(tiny_settings, tiny_model
 
 
 def test_non_finite_metrics_are_never_published(tiny_settings, monkeypatch):
-    import agent_forge_core.stages.runner as runner
+    import agent_forge_core.stages.evaluation as evaluation  # how the runner evaluates a built model
 
     ctx = make_context(tiny_settings())
-    monkeypatch.setattr(runner, "evaluate", lambda model, tok, cfg, **kw: {"perplexity": float("nan"), "recall": 0.1})
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, tok, cfg, **kw: {"perplexity": float("nan"), "recall": 0.1})
     with pytest.raises(GateFailed, match=r"non-finite metrics \(perplexity\)"):
         run_stage_on("import", [], ctx)
     assert ctx.store.list() == []
