@@ -76,14 +76,13 @@ def finetune(teacher, student, tokenizer, encoded: dict[str, Encoded], decoded: 
     """Tune `student` (holding the decoded weights) towards `teacher` (the uncompressed model).
 
     `encoded`: every coded tensor's encoding (only those whose codec has trainable fields are tuned);
-    `decoded`: every coded tensor decoded, loaded into the student; `kept`: kept tensors as stored (1-D
-    ones are tuned)."""
+    `decoded`: the state the artifact rebuilds (coded tensors decoded, kept ones as stored), loaded into the
+    student; `kept`: the kept tensors as stored (1-D ones are tuned, and written back in their dtype)."""
     t0 = time.time()
     teacher.eval()
     for p in [*teacher.parameters(), *student.parameters()]:
         p.requires_grad_(False)
-    student.load_state_dict({n: t.to(student.get_parameter(n).dtype) for n, t in {**decoded, **kept}.items()},
-                            strict=False)
+    student.load_state_dict({n: t.to(student.get_parameter(n).dtype) for n, t in decoded.items()}, strict=False)
     params, tuned_kept = [], {}
     for name, enc in encoded.items():
         fields = trainable_fields(enc)
