@@ -24,12 +24,14 @@ Usage: python bench/compression.py [--store DIR] [--seedlm-seeds 65535] [--only 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from agent_forge_core.config import load_settings
@@ -81,19 +83,38 @@ def variants(seeds: int, device: str = "cpu") -> list[tuple[str, str, dict | Non
 
 
 def dominance(rows: list[dict]) -> list[dict]:
-    """Each row of ours against every baseline of equal or more model-wide bits: lower perplexity, and no
-    task accuracy worse beyond the noise of the difference (2 standard errors)."""
+    """The issue's goal, per baseline: is it beaten by a plan of ours at equal or fewer model-wide bits
+    (lower perplexity, and no task accuracy worse beyond the noise of the difference, 2 standard errors)?"""
     from agent_forge_core.evals.suite import difference_noise
 
-    out = []
     rows = [r for r in rows if "perplexity" in r]
-    for ours in (r for r in rows if r["family"] not in BASELINES):
-        beaten, lost = [], []
-        for b in (r for r in rows if r["family"] in BASELINES and r["model_bpw"] >= ours["model_bpw"] - 1e-9):
-            worse = [t for t in TASKS if b[t] - ours[t] > difference_noise(b[f"{t}_se"], ours[f"{t}_se"])]
-            (beaten if ours["perplexity"] < b["perplexity"] and not worse else lost).append(b["label"])
-        out.append({"label": ours["label"], "model_bpw": ours["model_bpw"], "beats": beaten, "loses_to": lost})
+    ours = [r for r in rows if r["family"] not in BASELINES]
+    out = []
+    for b in (r for r in rows if r["family"] in BASELINES):
+        cheaper = [o for o in ours if o["model_bpw"] <= b["model_bpw"] + 1e-9]
+        beats = [o["label"] for o in cheaper if o["perplexity"] < b["perplexity"] and not any(
+            b[t] - o[t] > difference_noise(b[f"{t}_se"], o[f"{t}_se"]) for t in TASKS)]
+        out.append({"baseline": b["label"], "model_bpw": b["model_bpw"], "beaten_by": beats,
+                    "not_beaten_by": [o["label"] for o in cheaper if o["label"] not in beats]})
     return out
+
+
+def save_row(path: Path, results: dict, row: dict, partial: bool) -> dict:
+    """Adds `row` (replacing its label's) to `results` and writes the JSON. A partial run adds to the table
+    as it is on disk now, under a lock, so partial runs in parallel processes share one table (rows of
+    another base model are dropped); a full run builds its own."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = results["rows"]
+        if partial and path.is_file():
+            previous = json.loads(path.read_text())
+            rows = previous["rows"] if previous.get("float") == results["float"] else []
+        results = {**results, "rows": [x for x in rows if x["label"] != row["label"]] + [row]}
+        results["dominance"] = dominance(results["rows"])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(path)
+    return results
 
 
 def linear_bpw(folder: Path) -> float:
@@ -146,6 +167,12 @@ def markdown_table(results: dict) -> str:
             f"{r['perplexity']:.4g} (×{r['perplexity_ratio']:.3g}) | {r['perplexity_ood']:.4g} | {acc(r, 'arithmetic')} | "
             f"{acc(r, 'recall')} | {acc(r, 'instruction')} | {r['encode_s']:.0f} | "
             + (f"{ft['loss_before']:.3f} → {ft['loss_after']:.3f}" if ft else "") + " |")
+    lines += ["", "| baseline | bpw model | beaten by (ours at ≤ its bpw: lower perplexity, no accuracy worse) |",
+              "|---|---|---|"]
+    for d in sorted(dominance(results["rows"]), key=lambda d: d["model_bpw"]):
+        lines.append(f"| {d['baseline']} | {d['model_bpw']:.2f} | {', '.join(d['beaten_by']) or 'none'} |")
+    for r in (r for r in results["rows"] if "gate_failed" in r):
+        lines.append(f"\n{r['label']}: gates failed: {r['gate_failed']}")
     return "\n".join(lines)
 
 
@@ -175,10 +202,6 @@ def main() -> None:
     results = {"model": s.model.source, "float": {m: float_metrics[m] for m in METRICS},
                "float_bytes": sum(f.stat().st_size for f in ctx.store.get(base).glob("*.safetensors")),
                "eval": s.eval.model_dump(), "rows": []}
-    if args.only and path.is_file():  # a partial run adds to (or replaces) rows of the last full run
-        previous = json.loads(path.read_text())
-        if previous.get("float") == results["float"]:
-            results["rows"] = previous["rows"]
     chosen = variants(args.seedlm_seeds, args.seedlm_device)
     if args.only:  # in the order --only names them
         chosen = list({v[0]: v for o in args.only for v in chosen if o in v[:2]}.values())
@@ -195,9 +218,9 @@ def main() -> None:
         try:
             r = run_stage_on("compression", [base], vctx)
         except GateFailed as e:  # the stage default gates its output: a failure is a result too
-            results["rows"] = [x for x in results["rows"] if x["label"] != label] + [
-                {"label": label, "family": family, "rule": rule, "gate_failed": str(e), "stage_wall_s": time.time() - t0}]
-            path.write_text(json.dumps(results, indent=1))
+            failed = {"label": label, "family": family, "rule": rule, "gate_failed": str(e),
+                      "stage_wall_s": time.time() - t0}
+            results = save_row(path, results, failed, bool(args.only))
             print(f"{label}: {e}", flush=True)
             continue
         (key,) = r.outputs
@@ -208,13 +231,12 @@ def main() -> None:
                "payload_bytes": info["payload_bytes"], **{m: metrics[m] for m in METRICS},
                "perplexity_ratio": metrics["perplexity"] / float_metrics["perplexity"],
                "encode_s": sum(info["encode_seconds"].values()), "decode_s": info["decode_seconds"],
-               "stage_wall_s": time.time() - t0, "reused": r.reused, "finetune": info.get("finetune"),
+               "stage_wall_s": time.time() - t0, "threads": torch.get_num_threads(), "reused": r.reused,
+               "finetune": info.get("finetune"),
                "curve": info.get("curve"), "auto_choices": info.get("auto_choices")}
         if info.get("curve"):
             shutil.copy(folder / "rate_quality.png", OUT / "compression_target_auto.png")
-        results["rows"] = [x for x in results["rows"] if x["label"] != label] + [row]
-        results["dominance"] = dominance(results["rows"])
-        path.write_text(json.dumps(results, indent=1))
+        results = save_row(path, results, row, bool(args.only))
         plot(results, OUT / "compression_rd.png")
         print(f"{label:<34} {row['linear_bpw']:6.3f} bpw (model {row['model_bpw']:.3f})  ppl {row['perplexity']:9.2f} "
               f"(x{row['perplexity_ratio']:.2f})  arith {row['arithmetic']:.3f} recall {row['recall']:.3f} "
