@@ -13,10 +13,16 @@ def host_tag() -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs. A zombie (exited, not yet reaped -- containers whose PID 1 does not reap
+    leave them for good) counts as gone: signal 0 still reaches it, /proc says state Z."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it runs
+        pass
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:  # no /proc (macOS) or gone meanwhile: signal 0 said it ran
         return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
