@@ -99,16 +99,30 @@ def dominance(rows: list[dict]) -> list[dict]:
     return out
 
 
+def same_base(a: dict, b: dict) -> bool:
+    """Whether two result tables measured the same base model. The float metrics are compared to 0.1%: the
+    thread count changes their last digits (summation order), so exact equality dropped a whole table once."""
+    return a.get("model") == b.get("model") and all(
+        abs(a["float"][m] - b["float"][m]) <= 1e-3 * max(abs(b["float"][m]), 1e-6) for m in METRICS)
+
+
+def check_table(path: Path, results: dict) -> None:
+    """A partial run refuses, before any work, to add to a table of another base model (nothing is dropped)."""
+    if path.is_file() and not same_base(json.loads(path.read_text()), results):
+        raise SystemExit(f"{path} holds rows of another base model (or another eval); move it away, or run "
+                         "every row (no --only) to build a new table")
+
+
 def save_row(path: Path, results: dict, row: dict, partial: bool) -> dict:
     """Adds `row` (replacing its label's) to `results` and writes the JSON. A partial run adds to the table
-    as it is on disk now, under a lock, so partial runs in parallel processes share one table (rows of
-    another base model are dropped); a full run builds its own."""
+    as it is on disk now (same base model: `check_table`), under a lock, so partial runs in parallel
+    processes share one table; a full run builds its own."""
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = results["rows"]
         if partial and path.is_file():
-            previous = json.loads(path.read_text())
-            rows = previous["rows"] if previous.get("float") == results["float"] else []
+            check_table(path, results)
+            rows = json.loads(path.read_text())["rows"]
         results = {**results, "rows": [x for x in rows if x["label"] != row["label"]] + [row]}
         results["dominance"] = dominance(results["rows"])
         tmp = path.with_suffix(".tmp")
@@ -202,6 +216,8 @@ def main() -> None:
     results = {"model": s.model.source, "float": {m: float_metrics[m] for m in METRICS},
                "float_bytes": sum(f.stat().st_size for f in ctx.store.get(base).glob("*.safetensors")),
                "eval": s.eval.model_dump(), "rows": []}
+    if args.only:
+        check_table(path, results)
     chosen = variants(args.seedlm_seeds, args.seedlm_device)
     if args.only:  # in the order --only names them
         chosen = list({v[0]: v for o in args.only for v in chosen if o in v[:2]}.values())
