@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/baking_speed.py
 	$(BIN)/python bench/seedlm_search.py
 	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/gguf_export.py
 
 clean:
 	rm -rf .forge

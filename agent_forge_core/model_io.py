@@ -7,6 +7,7 @@ reachable). Weights are never read with pickle.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -53,3 +54,17 @@ def export_hf(folder: str | os.PathLike, out: str | os.PathLike) -> str:
     fmt = formats.detect(folder)
     fmt.export_hf(folder, out)
     return fmt.EXPORT_NOTE
+
+
+def export_gguf(folder: str | os.PathLike, out_file: str | os.PathLike, weight_type: str = "Q8_0",
+                name: str = "") -> dict:
+    """Write checkpoint `folder` (any format, decoded to float first) as a GGUF file llama.cpp runs; returns
+    what `gguf_export.write_gguf` wrote."""
+    from .gguf_export import write_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "hf"
+        formats.detect(folder).export_hf(folder, plain)
+        with _LOAD_LOCK:
+            model, tok = formats.hf.load(str(plain), device="cpu", dtype="float32")
+    return write_gguf(model, tok, out_file, weight_type, name)

@@ -140,6 +140,16 @@ def cmd_export(args) -> int:
         return 2
     store = _store(args)
     src = store.get(args.key)
+    if args.format == "gguf":
+        from agent_forge_core.model_io import export_gguf
+
+        os.makedirs(args.dir, exist_ok=True)
+        out = os.path.join(args.dir, f"{args.key}.{args.gguf_type}.gguf")
+        info = export_gguf(src, out, args.gguf_type, name=args.key)
+        fell = f"; fell back: {info['fallbacks']}" if info["fallbacks"] else ""
+        print(f"exported {args.key} to {out} ({info['bytes'] / 1e6:.1f} MB, tensors {info['tensor_types']}"
+              f"{fell}): run it with llama.cpp (llama-cli -m {out}) or load it with transformers' gguf_file=")
+        return 0
     from agent_forge_core.model_io import export_hf
 
     note = export_hf(src, args.dir)
@@ -334,9 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="test", choices=["train", "validation", "test"])
     sp.add_argument("--record", action="store_true", help="record the metrics in the manifest (as metric@split)")
     sp.set_defaults(fn=cmd_eval)
-    sp = with_config(sub.add_parser("export", help="write a checkpoint as a plain HF folder"))
+    sp = with_config(sub.add_parser("export", help="write a checkpoint as a plain HF folder or a GGUF file"))
     sp.add_argument("key")
     sp.add_argument("dir")
+    sp.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                    help="hf: a folder plain transformers loads; gguf: one file llama.cpp runs")
+    sp.add_argument("--gguf-type", default="Q8_0",
+                    help="the matrices' GGUF type: F32 F16 BF16 Q8_0 Q5_1 Q5_0 Q4_1 Q4_0 TQ2_0 TQ1_0 (norms stay "
+                         "F32; rows that do not divide into its blocks fall back to Q8_0, then F16)")
     sp.set_defaults(fn=cmd_export)
     sp = with_config(sub.add_parser("merge", help="run a mergekit-style merge recipe (YAML) into a folder"))
     sp.add_argument("recipe")
