@@ -137,20 +137,25 @@ def _encode(w: np.ndarray, wanted: str) -> tuple[np.ndarray, str]:
     raise AssertionError("F16 has blocks of one")
 
 
+def check_weight_type(weight_type: str) -> None:
+    if weight_type not in WEIGHT_TYPES:
+        raise ConfigError(f"unknown GGUF weight type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)} "
+                          "(k-quants: make an F16 file and run llama.cpp's llama-quantize)")
+
+
 def write_gguf(model, tokenizer, path: str | Path, weight_type: str = "Q8_0", name: str = "") -> dict:
     """Writes `model` (a float LlamaForCausalLM) and `tokenizer` to `path`; returns what was written:
     tensor types and counts, fallbacks, tokenizer facts, file bytes."""
     import gguf
 
-    if weight_type not in WEIGHT_TYPES:
-        raise ConfigError(f"unknown GGUF weight type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)} "
-                          "(k-quants: make an F16 file and run llama.cpp's llama-quantize)")
+    check_weight_type(weight_type)
     cfg = model.config
     _check(cfg)
     path = Path(path)
+    partial = path.with_name(path.name + ".partial")  # a failed write leaves no file that looks whole
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(partial), "llama")
     if name:
         writer.add_name(name)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -195,5 +200,6 @@ def write_gguf(model, tokenizer, path: str | Path, weight_type: str = "Q8_0", na
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    partial.replace(path)
     return {"path": str(path), "weight_type": weight_type, "tensor_types": counts, "fallbacks": fallbacks,
             "bytes": path.stat().st_size, **tok_info}

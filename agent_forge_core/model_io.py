@@ -60,8 +60,9 @@ def export_gguf(folder: str | os.PathLike, out_file: str | os.PathLike, weight_t
                 name: str = "") -> dict:
     """Write checkpoint `folder` (any format, decoded to float first) as a GGUF file llama.cpp runs; returns
     what `gguf_export.write_gguf` wrote."""
-    from .gguf_export import write_gguf
+    from .gguf_export import check_weight_type, write_gguf
 
+    check_weight_type(weight_type)  # before the decode, which may take minutes
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "hf"
         formats.detect(folder).export_hf(folder, plain)
