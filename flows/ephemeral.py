@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from agent_forge_core.processes import pid_alive as _alive
+from agent_forge_core.processes import proc_stat
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -19,17 +20,12 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
 
 
-def _ppid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def orphaned_servers(prefect_home: str | None) -> list[int]:
-    """Ephemeral Prefect servers of this PREFECT_HOME whose parent process is gone (Linux /proc)."""
+def ephemeral_servers(prefect_home: str | None) -> dict[int, int]:
+    """Running ephemeral Prefect servers of this PREFECT_HOME, {pid: parent pid} (Linux /proc)."""
     if not Path("/proc").is_dir():
-        return []
+        return {}
     home = str(Path(prefect_home).expanduser().resolve()) if prefect_home else None
-    found = []
+    found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
@@ -41,12 +37,16 @@ def orphaned_servers(prefect_home: str | None) -> list[int]:
             theirs = env.get("PREFECT_HOME")
             if (str(Path(theirs).expanduser().resolve()) if theirs else None) != home:
                 continue
-            parent = _ppid(pid)
+            if _alive(pid):
+                found[pid] = int(proc_stat(pid)[1])
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or not ours to read
-        if parent == 1 or not _alive(parent):
-            found.append(pid)
     return found
+
+
+def orphaned_servers(prefect_home: str | None) -> list[int]:
+    """Ephemeral Prefect servers of this PREFECT_HOME whose parent process is gone."""
+    return [pid for pid, parent in ephemeral_servers(prefect_home).items() if parent == 1 or not _alive(parent)]
 
 
 def reap_orphaned_servers(prefect_home: str | None, wait_s: float = 5.0) -> list[int]:

@@ -73,7 +73,6 @@ def test_ternary_weights_are_exact_in_tq2_0_and_tq1_0(tmp_path):
         for name, p in model.named_parameters():
             if p.ndim == 2 and "embed" not in name:
                 p.copy_(0.0625 * torch.randint(-1, 2, p.shape, generator=g).float())
-    ids = tok(TEXT, return_tensors="pt").input_ids
     for t in ("TQ2_0", "TQ1_0"):
         info = write_gguf(model, tok, tmp_path / f"m.{t}.gguf", t)
         # every matrix but the embedding (kept Q8_0 below 8 bits, as llama.cpp does): 256-wide rows divide

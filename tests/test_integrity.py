@@ -261,7 +261,7 @@ def test_a_killed_run_leaves_a_server_and_scratch_that_the_next_run_cleans(tiny_
     import time
 
     from conftest import TINY_OVERRIDES
-    from flows.ephemeral import _alive, _environ, orphaned_servers
+    from flows.ephemeral import _alive, ephemeral_servers, orphaned_servers
 
     home = tmp_path / "prefect-home"
     env = {**os.environ, "PREFECT_HOME": str(home)}
@@ -272,15 +272,7 @@ def test_a_killed_run_leaves_a_server_and_scratch_that_the_next_run_cleans(tiny_
     run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def servers() -> list[int]:
-        found = []
-        for p in Path("/proc").iterdir():
-            try:
-                e = _environ(int(p.name)) if p.name.isdigit() else {}
-            except OSError:
-                continue
-            if e.get("PREFECT__SERVER_EPHEMERAL") == "1" and e.get("PREFECT_HOME") == str(home):
-                found.append(int(p.name))
-        return [pid for pid in found if _alive(pid)]
+        return sorted(ephemeral_servers(str(home)))
 
     deadline = time.monotonic() + 240
     try:
