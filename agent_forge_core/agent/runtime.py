@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..experts.two_pass import TwoPass, has_experts, read_design
 from .generate import Generation, generate, generate_batch
 from .markup import strip_markup
 from .memory import Memory
@@ -62,13 +64,20 @@ def index_for(spec: RuntimeSpec, settings: AgentSettings, model=None, tokenizer=
 
 
 class Runtime:
-    def __init__(self, spec: RuntimeSpec, tools: dict[str, Tool], memory: Memory | None, index=None):
+    def __init__(self, spec: RuntimeSpec, tools: dict[str, Tool], memory: Memory | None, index=None,
+                 two_pass: TwoPass | None = None):
         self.spec, self.tools, self.memory, self.index = spec, tools, memory, index
+        self.two_pass = two_pass  # a checkpoint with SVF experts: each message answered by its dispatched expert
 
     @classmethod
     def open(cls, folder, model, tokenizer, settings: AgentSettings | None = None, session: str | None = None,
              model_key: str = "", spec: RuntimeSpec | None = None) -> "Runtime":
         settings = settings or AgentSettings()
+        design = read_design(folder) if folder else None
+        if spec is None and design is not None and not (Path(folder) / RUNTIME_FILE).is_file():
+            # a searched agent design says which tools it was scored with
+            tools = (["calc"] if design.get("tools") else []) + (["search"] if design.get("retrieval") else [])
+            spec = RuntimeSpec(tools=tools, instructions=bool(tools))
         spec = spec or read_spec(folder)
         installed = installed_tools()
         unknown = [t for t in spec.tools if t not in BUILTIN and t not in installed]
@@ -91,7 +100,14 @@ class Runtime:
         for path in settings.tools:  # this machine's own extra tools
             tool = import_tool(path)
             tools[tool.name] = tool
-        return cls(spec, tools, memory, index)
+        two_pass = None
+        if folder and model is not None and has_experts(folder):
+            two_pass = TwoPass(model, tokenizer, folder, design and design["dispatch"], design and design.get("mix"))
+        return cls(spec, tools, memory, index, two_pass)
+
+    def expert(self, question: str):
+        """The block in which the model answers `question`: with its dispatched expert, if it has experts."""
+        return self.two_pass.applied(self.two_pass.choose_one(question)) if self.two_pass else nullcontext()
 
     def preface(self, extra: list[Tool] = ()) -> str:
         return instructions([*self.tools.values(), *extra]) if self.spec.instructions else ""
@@ -101,15 +117,27 @@ class Runtime:
         return conversation(list(turns), question, head)
 
     def answer(self, model, tokenizer, question: str, turns: list[tuple[str, str]] = (), **kw) -> Generation:
-        return generate(model, tokenizer, self.prompt(question, turns), self.tools, max_calls=self.spec.max_calls, **kw)
+        with self.expert(question):
+            return generate(model, tokenizer, self.prompt(question, turns), self.tools, max_calls=self.spec.max_calls, **kw)
 
-    def completer(self, max_new_tokens: int, batch_size: int = 8):
-        """The eval suite's hook: each prompt answered with the tools in the loop, markup stripped."""
+    def completer(self, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
+                  task: str = ""):
+        """The eval suite's hook: each prompt answered with the tools in the loop (and its dispatched expert; a
+        CEM mix needs the `task`), markup stripped."""
 
         def complete(model, tokenizer, prompts: list[str]) -> list[str]:
             head = self.preface()
-            gens = generate_batch(model, tokenizer, [f"{head}\n\n{p}" if head else p for p in prompts], self.tools,
-                                  max_new_tokens=max_new_tokens, max_calls=self.spec.max_calls, batch_size=batch_size)
-            return [strip_markup(g.text) for g in gens]
+            full = [f"{head}\n\n{p}" if head else p for p in prompts]
+            tp = self.two_pass
+            groups = tp.groups(tp.choose(prompts, task)) if tp else {"base": list(range(len(prompts)))}
+            out: list[str] = [""] * len(prompts)
+            for choice, ix in groups.items():
+                with tp.applied(choice) if tp else nullcontext():
+                    gens = generate_batch(model, tokenizer, [full[i] for i in ix], self.tools, max_new_tokens=max_new_tokens,
+                                          max_calls=self.spec.max_calls, batch_size=batch_size, temperature=temperature,
+                                          seed=seed)
+                for i, g in zip(ix, gens):
+                    out[i] = strip_markup(g.text)
+            return out
 
         return complete

@@ -146,7 +146,7 @@ class AgentServer:
         system, turns, question, prefix = conversation_of(req, client)
         extra = [Tool(n, f.description, lambda a: "", example=f"<{n}>...</{n}>") for n, f in client.items()]
         prompt = self.runtime.prompt(question, turns, extra, system)
-        with self.model_lock:
+        with self.model_lock, self.runtime.expert(question):
             g = generate(self.model, self.tok, prompt, self.runtime.tools, prefix=prefix,
                          max_new_tokens=req.max_tokens or self.max_new_tokens, max_calls=self.runtime.spec.max_calls,
                          temperature=req.temperature, seed=req.seed or 0, pause_on=set(client), on_event=on_event)

@@ -36,7 +36,8 @@ from .probes import PRIMARY, PROBES, recovery
 from .prompts import PROMPTS, TOOLS
 from .queries import training_queries
 from .settings import REFERENCE, BakingSettings
-from .train import autocast, bake
+from ..training.precision import autocast
+from .train import bake
 from .trajectories import sample
 
 VERSION = 4  # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake

@@ -23,14 +23,9 @@ import torch
 
 from ..agent.generate import SHARED_MIN
 from ..training.lora import lora_config
+from ..training.precision import autocast
 from .loss import baking_kl, gen_positions
 from .trajectories import Trajectory, aligned
-
-
-def autocast(device, precision: str):
-    """bfloat16 autocast on `device` when `precision` says so (a no-op context otherwise)."""
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:

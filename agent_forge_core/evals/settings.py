@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from ..settings_base import Section
-from .tasks import TASK_NAMES
+from .tasks import OPT_IN_TASKS, TASK_NAMES
 
 
 class EvalSettings(Section):
@@ -35,9 +35,9 @@ class EvalSettings(Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in TASK_NAMES]
+        bad = [t for t in v if t not in TASK_NAMES + OPT_IN_TASKS]
         if bad:
-            raise ValueError(f"unknown task(s) {bad}; allowed: {list(TASK_NAMES)}")
+            raise ValueError(f"unknown task(s) {bad}; allowed: {list(TASK_NAMES + OPT_IN_TASKS)}")
         return v
 
     @model_validator(mode="after")

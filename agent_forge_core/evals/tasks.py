@@ -13,31 +13,19 @@ skipped. `EVAL_VERSION` is part of every checkpoint key: bump it whenever a gene
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from .driving import DRIVING
+from .task_types import SPLITS, Example, Family, Task, first_line, split_of  # noqa: F401 (SPLITS, split_of: re-exported)
 
 EVAL_VERSION = 2  # 2: phrasing families with family-disjoint splits, out-of-domain perplexity, standard errors
-SPLITS = ("train", "validation", "test")
 TASK_NAMES = ("arithmetic", "recall", "instruction")
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    target: str  # the full completion a trained model should produce (worked steps included)
-    answer: str  # what `check` compares against
-    family: str = ""
-
-
-def split_of(text: str) -> str:
-    """80/10/10 by a hash: for user JSONL rows without a split, and for the perplexity texts."""
-    b = hashlib.sha256(text.encode()).digest()[0] % 10
-    return "train" if b < 8 else ("validation" if b == 8 else "test")
+OPT_IN = {"driving": DRIVING}  # not evaluated unless `eval.tasks` names them
+OPT_IN_TASKS = tuple(OPT_IN)
 
 
 def plural(k: int, one: str, many: str) -> str:
@@ -291,10 +279,6 @@ _REQUEST = Phrasing(
 
 # --- checkers ----------------------------------------------------------------------------------------------
 
-def first_line(completion: str) -> str:
-    return completion.split("\n", 1)[0].strip()
-
-
 def _check_arithmetic(completion: str, ex: Example) -> bool:
     m = re.search(r"Answer:\s*(-?\d+)", first_line(completion))
     return bool(m) and m.group(1) == ex.answer
@@ -310,81 +294,6 @@ def _check_exact(completion: str, ex: Example) -> bool:
 
 
 # --- tasks -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    split: str
-    make: Callable[[random.Random], Example]
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    families: tuple[Family, ...]
-    check: Callable[[str, Example], bool]
-    jsonl: str | None = None  # user data replaces the generators
-
-    def families_of(self, split: str) -> list[Family]:
-        return [f for f in self.families if f.split == split]
-
-    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if self.jsonl:
-            rows = [ex for s, ex in _read_jsonl(self.jsonl, self.name) if s == split]
-            if not rows:
-                raise ValueError(f"{self.jsonl}: no rows for split {split!r}; add a 'split' field or more rows")
-            return rows[:n]
-        return list(_take(self._stream(split, seed), n))
-
-    def _stream(self, split: str, seed: int) -> Iterator[Example]:
-        rng = random.Random(f"{self.name}:{split}:{seed}")
-        families = self.families_of(split)
-        while True:
-            fam = rng.choice(families)
-            ex = fam.make(rng)
-            yield Example(ex.prompt, ex.target, ex.answer, fam.name)
-
-
-def _take(stream: Iterator[Example], n: int) -> Iterator[Example]:
-    seen: set[str] = set()
-    tries = 0
-    for ex in stream:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise RuntimeError(f"could not generate {n} distinct examples")
-        if ex.prompt in seen:
-            continue
-        seen.add(ex.prompt)
-        yield ex
-        if len(seen) == n:
-            return
-
-
-def _read_jsonl(path: str, task: str) -> list[tuple[str, Example]]:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"eval.data.{task}: file {path!r} does not exist")
-    out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt, answer = str(row["prompt"]), str(row["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"{path}:{i}: each line must be a JSON object with 'prompt' and 'answer' "
-                f"(optional 'target', 'split'): {e}"
-            ) from None
-        target = str(row.get("target", " " + answer))
-        split = row.get("split") or split_of(prompt)
-        if split not in SPLITS:
-            raise ValueError(f"{path}:{i}: split must be one of {SPLITS}, got {split!r}")
-        out.append((split, Example(prompt, target, answer, "jsonl")))
-    return out
-
 
 def _families(kind: Callable, table: list[tuple[str, str, object]]) -> tuple[Family, ...]:
     return tuple(Family(name, split, kind(render)) for name, split, render in table)
@@ -410,13 +319,17 @@ BUILTIN = {
 
 
 def get_task(name: str, data: dict[str, str] | None = None) -> Task:
-    """The built-in task, or the user's JSONL rows for it (checked by exact match of the first line)."""
-    if name not in BUILTIN:
-        raise ValueError(f"unknown task {name!r}; allowed: {list(BUILTIN)}")
-    if data and name in data:
+    """The built-in (or opt-in) task, or the user's JSONL rows for it (checked by exact match of the first line,
+    except tasks whose checker reads `Answer:`)."""
+    if name in OPT_IN:
+        base = OPT_IN[name]
+    elif name in BUILTIN:
         base = BUILTIN[name]
-        return Task(name, (), base.check if name == "arithmetic" else _check_exact, jsonl=data[name])
-    return BUILTIN[name]
+    else:
+        raise ValueError(f"unknown task {name!r}; allowed: {list(BUILTIN) + list(OPT_IN_TASKS)}")
+    if data and name in data:
+        return Task(name, (), base.check if name in ("arithmetic", "driving") else _check_exact, jsonl=data[name])
+    return base
 
 
 def few_shot_prompt(ex: Example, shots: list[Example]) -> str:

@@ -33,23 +33,26 @@ def add_sidecars(folder: str | Path, names: list[str]) -> None:
 
 
 def side_files(folder: str | Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The folder's side files, and the sidecars it lists in subfolders (the experts' `experts/<domain>...`)."""
     folder = Path(folder)
     listed = set(sidecars(folder))
-    return sorted(
-        f for f in folder.iterdir()
-        if f.is_file() and (f.name in listed or f.suffix not in WEIGHT_SUFFIXES + CODE_SUFFIXES)
-        and not f.name.endswith(".index.json") and f.name not in STORE_FILES + tuple(skip)
-    )
+    top = [f for f in folder.iterdir()
+           if f.is_file() and (f.name in listed or f.suffix not in WEIGHT_SUFFIXES + CODE_SUFFIXES)
+           and not f.name.endswith(".index.json") and f.name not in STORE_FILES + tuple(skip)]
+    nested = [folder / n for n in listed if "/" in n and (folder / n).is_file()]
+    return sorted(top + nested)
 
 
 def copy_side_files(src: str | Path, dst: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
-    """Copy the side files of `src` into the folder `dst` (created if needed); returns their names."""
-    dst = Path(dst)
+    """Copy the side files of `src` into the folder `dst` (created if needed); returns their relative names."""
+    src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     names = []
     for f in side_files(src, skip):
-        shutil.copy2(f, dst / f.name)
-        names.append(f.name)
+        rel = f.relative_to(src)
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst / rel)
+        names.append(str(rel))
     return names
 
 
@@ -58,6 +61,7 @@ def carry_sidecars(src: str | Path, dst: str | Path) -> list[str]:
     output inherits from its input (a BitNet model keeps its Quiet-STaR head)."""
     names = [n for n in sidecars(src) if not (Path(dst) / n).exists()]
     for n in names:
+        (Path(dst) / n).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(src) / n, Path(dst) / n)
     if names:
         add_sidecars(dst, names)

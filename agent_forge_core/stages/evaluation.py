@@ -9,14 +9,18 @@ from .contract import StageContext
 
 
 def runtime_completer(folder: Path, model, tok, ctx: StageContext, key: str):
-    """A checkpoint that carries a runtime (`runtime.json`) is evaluated as the agent it is: its tools in the
-    loop (a fresh, throwaway memory session per evaluation)."""
+    """A checkpoint that carries a runtime (`runtime.json`) or SVF experts is evaluated as the agent it is: its
+    tools in the loop (a fresh, throwaway memory session per evaluation), each prompt with its dispatched expert."""
     from ..agent.runtime import Runtime
-    from ..agent.settings import RUNTIME_FILE
+    from ..agent.settings import RUNTIME_FILE, RuntimeSpec
+    from ..experts.two_pass import has_experts
 
-    if not (Path(folder) / RUNTIME_FILE).is_file():
+    has_runtime = (Path(folder) / RUNTIME_FILE).is_file()
+    if not has_runtime and not has_experts(folder):
         return None
-    runtime = Runtime.open(folder, model, tok, ctx.settings.agent, session=f"eval-{key}", model_key=key)
+    # experts without a runtime: the bare model, routed (no tools, no instructions: what the suite asks otherwise)
+    spec = None if has_runtime else RuntimeSpec(tools=[], instructions=False)
+    runtime = Runtime.open(folder, model, tok, ctx.settings.agent, session=f"eval-{key}", model_key=key, spec=spec)
     runtime.memory.clear()
     return runtime.completer(ctx.settings.eval.max_new_tokens)
 

@@ -17,6 +17,7 @@ from ..cognate.stage import SPEC as cognate
 from ..compression.stage import SPEC as compression
 from ..errors import ConfigError
 from ..evomerge.stage import SPEC as evomerge
+from ..experts.stage import SPEC as experts
 from ..fanout import Job
 from ..importer.stage import SPEC as importer
 from ..quietstar.stage import SPEC as quietstar
@@ -30,7 +31,7 @@ PIPELINE: tuple[StageSpec | str, ...] = (
     bitnet,
     "loop",
     baking,
-    "experts",
+    experts,
     compression,
 )
 

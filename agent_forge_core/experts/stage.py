@@ -1,0 +1,214 @@
+"""Stage 7, expert vectors: Transformer² SVF experts per domain and the dispatcher of its two-pass inference.
+
+Build: decompose the input's target matrices (`svf.py`), train one expert per domain (`train.py`), measure
+every expert on every domain (the expert x task matrix), fit and measure the dispatchers (`dispatch.py`; CEM
+mixes with `cem.py`), and write the base weights unchanged with the experts as sidecars (`expert.py`).
+The runner evaluates the output through its two-pass runtime (`two_pass.py`): each prompt answered with the
+expert its dispatcher picks. A BitNet input is composed on its dequantized weights (the output is float) or
+refused (`ternary_input`).
+
+With `search.enabled`, an ADAS-style search over agent designs (`search.py`, `designs.py`) picks the design on
+validation that chat and serve load (`agent_design.json`); its archive is `adas_archive.json`. The search runs
+in this process: its design evaluations are not fanned out yet.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..errors import ConfigError
+from ..evals.suite import greedy_complete, perplexity, target_nll
+from ..evals.text import natural_text
+from ..formats import bitnet as bitnet_format
+from ..formats.files import add_sidecars
+from ..model_io import load_model, save_model
+from ..stages.contract import Built, StageContext, StageSpec
+from .cem import cem
+from .designs import DesignEvaluator
+from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router
+from .domains import Domain, get_domain
+from .expert import Expert, mix
+from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
+from .search import run_search
+from .svf import SVF
+from .train import train_expert
+from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, evaluate_two_pass
+
+VERSION = 1
+CLS_FILE = "experts/_dispatch.safetensors"
+
+
+def domain_score(model, tok, domain: Domain, split: str, n: int, ev) -> float:
+    """Accuracy on `n` examples of the split (a task domain), or perplexity of the split's text (language)."""
+    if not domain.checkable:
+        return perplexity(model, tok, natural_text(split), ev.ppl_tokens, ev.ppl_window)
+    items = domain.examples(split, n, ev.shots, ev.seed)
+    outs = greedy_complete(model, tok, [p for p, _ in items], ev.max_new_tokens, ev.batch_size)
+    return sum(domain.task.check(c, ex) for c, (_, ex) in zip(outs, items)) / len(items)
+
+
+def expert_matrix(model, tok, svf: SVF, experts: dict[str, Expert], domains: list[Domain], n: int, ev,
+                  progress) -> dict[str, dict[str, float]]:
+    """{row: {domain: score}} for the base and each expert, on the test split."""
+    rows = {"base": None, **{d: e.z for d, e in experts.items()}}
+    out = {}
+    for i, (row, z) in enumerate(rows.items()):
+        progress(i / len(rows), f"matrix: {row}")
+        svf.apply(z)
+        out[row] = {d.name: domain_score(model, tok, d, "test", n, ev) for d in domains}
+    svf.apply(None)
+    return out
+
+
+def cem_mixes(model, tok, svf: SVF, experts: dict[str, Expert], domains: list[Domain], cfg: ExpertsSettings, ev,
+              progress) -> dict[str, dict]:
+    """Per task domain, α searched on `cem.shots` train examples; fitness (accuracy, log-likelihood of the gold
+    outputs); then its test accuracy on `matrix_examples`."""
+    ordered = list(experts.values())
+    out = {}
+    tasks = [d for d in domains if d.checkable]
+    for k, d in enumerate(tasks):
+        shots = d.examples("train", cfg.cem.shots, ev.shots, cfg.seed + 977)
+
+        def fitness(alpha, _shots=shots, _d=d):
+            svf.apply(mix(ordered, alpha))
+            outs = greedy_complete(model, tok, [p for p, _ in _shots], ev.max_new_tokens, ev.batch_size)
+            acc = sum(_d.task.check(c, ex) for c, (_, ex) in zip(outs, _shots)) / len(_shots)
+            return acc, -target_nll(model, tok, [(p, ex.target) for p, ex in _shots], ev.batch_size)
+
+        progress(k / len(tasks), f"cem: {d.name}")
+        alpha, score, history = cem(fitness, len(ordered), cfg.cem.population, cfg.cem.elite_ratio,
+                                    cfg.cem.generations, cfg.cem.init_std, cfg.seed + k)
+        svf.apply(mix(ordered, alpha))
+        test = domain_score(model, tok, d, "test", cfg.matrix_examples, ev)
+        out[d.name] = {"alpha": alpha, "shots_accuracy": score[0], "shots_loglik": score[1], "test": test,
+                       "history": history}
+    svf.apply(None)
+    return out
+
+
+def design_search(model, tok, folder: Path, svf: SVF, modes: list[str], n_experts: int, cfg: ExpertsSettings,
+                  ctx: StageContext) -> dict:
+    """Runs the search on the built folder, writes `adas_archive.json` and `agent_design.json`."""
+    from ..quietstar.state import has_thoughts
+
+    ev = ctx.settings.eval
+    tasks = [d for d in cfg.domains if d != "language" and d in ev.tasks] or list(ev.tasks)
+    evaluator = DesignEvaluator(model, tok, folder, ev, ctx.settings.agent, tasks, cfg.search.examples, svf)
+    result = run_search(lambda d, split: evaluator.score(d, split, cfg.seed), modes, n_experts, has_thoughts(folder),
+                        cfg.search.designs, cfg.search.test_top, cfg.seed, cfg.search.tournament,
+                        log=lambda m: ctx.progress(0.95, f"experts: {m}"))
+    (folder / ARCHIVE_FILE).write_text(json.dumps({**result, "tasks": tasks, "examples": cfg.search.examples}, indent=1))
+    (folder / DESIGN_FILE).write_text(json.dumps(result["chosen"]["design"], indent=1))
+    add_sidecars(folder, [ARCHIVE_FILE, DESIGN_FILE])
+    return {"chosen": result["chosen"]["label"], "validation": result["chosen"]["validation"],
+            "test": result["chosen"].get("test"), "ranked": result["ranked"],
+            "top": [{k: r[k] for k in ("label", "validation", "test") if k in r} for r in
+                    sorted(result["archive"], key=lambda r: result["ranked"].index(r["label"]))[:cfg.search.test_top]]}
+
+
+def _load_input(folder: Path, cfg: ExpertsSettings, ctx: StageContext):
+    if not bitnet_format.detect(folder):
+        return (*load_model(str(folder), device=str(ctx.device)), None)
+    if cfg.ternary_input == "refuse":
+        raise ConfigError(f"experts: the input {folder.name} is a BitNet (ternary) checkpoint and "
+                          "experts.ternary_input=refuse; set experts.ternary_input=compose to compose experts on its "
+                          "dequantized weights (the output is then float), or turn bitnet off")
+    plain = bitnet_format.export_hf(folder, ctx.work_dir / f"experts-dequant-{uuid.uuid4().hex}")
+    return (*load_model(str(plain), device=str(ctx.device)), "composed on the dequantized ternary weights; the "
+            "output is float (compression re-encodes it)")
+
+
+def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
+    (parent,) = inputs
+    t0 = time.time()
+    model, tok, ternary_note = _load_input(Path(ctx.store.get(parent)), cfg, ctx)
+    ev = ctx.settings.eval
+    svf = SVF(model, cfg.train.target)
+    domains = [get_domain(d, ev.data) for d in cfg.domains]
+    experts: dict[str, Expert] = {}
+    histories: dict[str, list[dict]] = {}
+    n = len(domains) + 2
+    for k, d in enumerate(domains):
+        experts[d.name], histories[d.name] = train_expert(
+            model, tok, svf, d, cfg.train, ev.shots, cfg.seed + k,
+            progress=lambda f, m, _k=k: ctx.progress(0.6 * (_k + f) / n, f"experts: {m}"))
+    timings = {"train_s": time.time() - t0}
+    folder = save_model(model, tok, ctx.work_dir / f"experts-{uuid.uuid4().hex}")  # the base weights, unchanged
+    files = {d: e.save(folder, svf) for d, e in experts.items()}
+    # the matrix and the dispatchers read the experts as stored (z in float16)
+    experts = {d: Expert.load(folder / f) for d, f in files.items()}
+
+    t1 = time.time()
+    matrix = expert_matrix(model, tok, svf, experts, domains, cfg.matrix_examples, ev,
+                           lambda f, m: ctx.progress(0.6 + 0.2 * f, f"experts: {m}"))
+    timings["matrix_s"] = time.time() - t1
+
+    t1 = time.time()
+    names = [d.name for d in domains]
+    train_q = {d.name: d.queries("train", cfg.dispatch_train, ev.shots, cfg.seed) for d in domains}
+    test_q = {d.name: d.queries("test", cfg.dispatch_examples, ev.shots, cfg.seed) for d in domains}
+    ctx.progress(0.8, "experts: dispatchers")
+    labels = torch.tensor([i for i, d in enumerate(names) for _ in train_q[d]])
+    probe = LinearProbe.fit(pooled_features(model, tok, [q for d in names for q in train_q[d]]), labels, len(names))
+    dispatcher: dict = {"mode": cfg.dispatch, "domains": names, "linear": probe.as_dict(), "accuracy": {}}
+    dispatcher["accuracy"]["linear"] = dispatch_accuracy(linear_router(model, tok, names, probe), test_q)
+    dispatcher["accuracy"]["prompt"] = dispatch_accuracy(prompt_router(model, tok, names), test_q)
+    info: dict = {}
+    if cfg.dispatch == "cls_expert":
+        cls, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), cfg.train, ev.shots,
+                                 cfg.seed + 101, progress=lambda f, m: ctx.progress(0.85, f"experts: cls {m}"))
+        cls.domain = "_dispatch"
+        cls = Expert.load(folder / cls.save(folder, svf))
+        files_cls = [CLS_FILE]
+        dispatcher["cls_expert"] = CLS_FILE
+        dispatcher["accuracy"]["cls_expert"] = dispatch_accuracy(prompt_router(model, tok, names, svf, cls.z), test_q)
+        info["cls_expert"] = {"meta": cls.meta, "history": hist}
+    else:
+        files_cls = []
+    if cfg.dispatch == "cem":
+        mixes = cem_mixes(model, tok, svf, experts, domains, cfg, ev, lambda f, m: ctx.progress(0.9, f"experts: {m}"))
+        dispatcher["cem"] = {d: r["alpha"] for d, r in mixes.items()}
+        info["cem"] = mixes
+    timings["dispatch_s"] = time.time() - t1
+
+    (folder / EXPERTS_FILE).write_text(json.dumps({
+        "version": VERSION, "target": svf.target, "domains": names, "files": files, "values_per_expert": svf.n_values,
+        "svd": "torch.linalg.svd float32, thin; z indexed by descending singular values",
+        "objectives": {d: e.meta.get("objective") for d, e in experts.items()}}, indent=2))
+    (folder / DISPATCHER_FILE).write_text(json.dumps(dispatcher))
+    add_sidecars(folder, [*files.values(), *files_cls, EXPERTS_FILE, DISPATCHER_FILE])
+    if cfg.search.enabled:
+        t1 = time.time()
+        modes = ["linear", "prompt"] + (["cls_expert"] if "cls_expert" in dispatcher else []) + \
+            (["cem"] if "cem" in dispatcher else [])
+        info["search"] = design_search(model, tok, folder, svf, modes, len(experts), cfg, ctx)
+        timings["search_s"] = time.time() - t1
+    info.update({
+        "values_per_expert": svf.n_values, "target": svf.target, "matrix": matrix,
+        "matrix_examples": cfg.matrix_examples,
+        "experts": {d: {**e.meta, "history": histories[d]} for d, e in experts.items()},
+        "dispatch_accuracy": dispatcher["accuracy"], "dispatch": cfg.dispatch, "timings": timings,
+        "departures": {**cfg.train.departures(REFERENCE), **cfg.cem.departures(CEM_REFERENCE)},
+    })
+    if ternary_note:
+        info["ternary_input"] = ternary_note
+    ctx.log.info("experts: %d experts x %d values (%s); dispatch accuracy %s", len(experts), svf.n_values,
+                 svf.target, {m: round(a["all"], 3) for m, a in dispatcher["accuracy"].items()})
+    yield Built(variant="", folder=folder, parent=parent, info=info, model=model, tokenizer=tok)
+
+
+SPEC = StageSpec(
+    name="experts",
+    version=VERSION,
+    takes="one",
+    build=build,
+    settings=ExpertsSettings,
+    evaluate=evaluate_two_pass,
+    description="Transformer² SVF experts per domain, dispatched per prompt (two-pass inference).",
+)
