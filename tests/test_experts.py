@@ -368,12 +368,15 @@ def test_the_search_selects_on_validation_only_and_scores_the_top_once_on_test()
         return 0.1 * d.tools + 0.05 * (d.pattern == "self_consistency") + 0.02 * (d.dispatch == "linear") + \
             (0.01 * sum(d.mix) if d.mix else 0)
 
-    def score(d: Design, split: str) -> dict:
-        calls.append(split)
-        v = value(d) if split == "validation" else 1 - value(d)
-        return {"median": v, "mean": v, "lo": v - 0.01, "hi": v + 0.01, "n": 16}
+    def score(designs: list[Design], split: str) -> list[dict]:
+        out = []
+        for d in designs:
+            calls.append(split)
+            v = value(d) if split == "validation" else 1 - value(d)
+            out.append({"median": v, "mean": v, "lo": v - 0.01, "hi": v + 0.01, "n": 16})
+        return out
 
-    out = run_search(score, ["linear", "prompt"], 3, False, designs=12, test_top=2, seed=0)
+    out = run_search(score, ["linear", "prompt"], 3, False, designs=12, test_top=2, seed=0, batch=3)
     assert len(out["archive"]) == 12 and calls[:12] == ["validation"] * 12 and calls[12:] == ["test", "test"]
     best = max(out["archive"], key=lambda r: r["validation"]["median"])
     assert out["chosen"]["label"] == best["label"] and out["chosen"]["design"]["tools"]
@@ -395,6 +398,9 @@ def test_the_stage_searches_designs_and_the_runtime_loads_the_chosen_one(tiny_se
     archive = json.loads((folder / "adas_archive.json").read_text())
     chosen = json.loads((folder / "agent_design.json").read_text())
     assert len(archive["archive"]) == 5 and chosen == archive["chosen"]["design"] and len(info["top"]) == 2
+    run_id = res.outputs[0]
+    assert not ctx.store.exists(f"{run_id}-search")  # the internal checkpoint the jobs read is gone
+    assert len(ctx.store.fs.glob(f"{ctx.store.root}/experts/{run_id}/designs/*/*.json")) == 5 + 2  # each stored once
     assert all(0 <= r["validation"]["lo"] <= r["validation"]["median"] <= r["validation"]["hi"] <= 1
                for r in archive["archive"])
     model, tok = load_model(str(folder))

@@ -16,7 +16,9 @@ from typing import Callable
 
 from .designs import PATTERNS, Design
 
-Scorer = Callable[[Design, str], dict]  # (design, split) -> bootstrap dict with "median", "mean"
+# (designs, split) -> a bootstrap dict ("median", "mean", "lo", "hi") per design, scored in parallel where the
+# caller can (`job.py`: the stage's fan-out)
+Scorer = Callable[[list[Design], str], list[dict]]
 
 
 def seeds(modes: list[str], n_experts: int) -> list[Design]:
@@ -76,37 +78,41 @@ def select(archive: list[dict]) -> list[dict]:
 
 
 def run_search(score: Scorer, modes: list[str], n_experts: int, thoughts: bool, designs: int, test_top: int,
-               seed: int = 0, tournament: int = 3, log: Callable[[str], None] = lambda m: None) -> dict:
+               seed: int = 0, tournament: int = 3, batch: int = 1, log: Callable[[str], None] = lambda m: None) -> dict:
+    """The archive search; `batch` children are bred from the archive as it is, then scored together."""
     rng = random.Random(seed)
     es = MixES(n_experts, seed)
     archive: list[dict] = []
     seen: set[Design] = set()
 
-    def add(d: Design, origin: str) -> None:
-        val = score(d, "validation")
-        archive.append({"design": d.as_dict(), "label": d.label(), "origin": origin,
-                        "validation": {k: v for k, v in val.items() if k != "correct"}})
-        seen.add(d)
-        if d.dispatch == "static":
-            es.tell(d.mix, val["median"])
-        log(f"design {len(archive)}/{designs}: {d.label()} validation {val['median']:.3f} "
-            f"[{val['lo']:.3f}, {val['hi']:.3f}]")
+    def add(ds: list[tuple[Design, str]]) -> None:
+        for (d, origin), val in zip(ds, score([d for d, _ in ds], "validation")):
+            archive.append({"design": d.as_dict(), "label": d.label(), "origin": origin,
+                            "validation": {k: v for k, v in val.items() if k != "correct"}})
+            if d.dispatch == "static":
+                es.tell(d.mix, val["median"])
+            log(f"design {len(archive)}/{designs}: {d.label()} validation {val['median']:.3f} "
+                f"[{val['lo']:.3f}, {val['hi']:.3f}]")
 
-    for d in seeds(modes, n_experts):
-        if len(archive) < designs:
-            add(d, "seed")
+    start = seeds(modes, n_experts)[:designs]
+    seen.update(start)
+    add([(d, "seed") for d in start])
     while len(archive) < designs:
-        parent = rng.choice(select(archive)[:tournament])
-        for _ in range(50):
-            child = mutate(Design.from_dict(parent["design"]), rng, modes, n_experts, thoughts, es)
-            if child.valid() and child not in seen:
-                break
-        else:
+        children: list[tuple[Design, str]] = []
+        for _ in range(min(batch, designs - len(archive))):
+            parent = rng.choice(select(archive)[:tournament])
+            for _ in range(50):
+                child = mutate(Design.from_dict(parent["design"]), rng, modes, n_experts, thoughts, es)
+                if child.valid() and child not in seen:
+                    seen.add(child)
+                    children.append((child, f"mutant of {parent['label']}"))
+                    break
+        if not children:
             break  # the space around the best is exhausted
-        add(child, f"mutant of {parent['label']}")
+        add(children)
     ranked = select(archive)
-    for r in ranked[:test_top]:
-        test = score(Design.from_dict(r["design"]), "test")
+    top = ranked[:test_top]
+    for r, test in zip(top, score([Design.from_dict(r["design"]) for r in top], "test")):
         r["test"] = {k: v for k, v in test.items() if k != "correct"}
         log(f"test: {r['label']} {r['test']['mean']:.3f} (validation rank {ranked.index(r) + 1})")
     return {"archive": archive, "chosen": ranked[0], "ranked": [r["label"] for r in ranked]}

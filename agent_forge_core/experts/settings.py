@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..settings_base import Section, StageSection
+from ..settings_base import FanoutRuntime, Section, StageSection
 from .domains import DOMAIN_NAMES
 
 REFERENCE = {"target": "mlp", "init": 0.1, "lr": 2e-3, "batch_size": 256, "max_grad_norm": 1e-3, "kl_coeff": 0.0}
@@ -87,6 +87,8 @@ class ExpertsSettings(StageSection):
         "compose", description="A BitNet input: compose experts on the dequantized weights (the output's composed "
         "weights are float), or refuse.")
     seed: int = 0
+    runtime: FanoutRuntime = Field(default_factory=FanoutRuntime, description="Where the search's design "
+                                   "evaluations run (as EvoMerge's candidates).")
     gates: dict[str, float] = Field(default_factory=lambda: {
         "perplexity": 0.05, "perplexity_ood": 0.05, "arithmetic": 0.05, "recall": 0.05, "instruction": 0.05})
 

@@ -8,11 +8,12 @@ expert its dispatcher picks. A BitNet input is composed on its dequantized weigh
 refused (`ternary_input`).
 
 With `search.enabled`, an ADAS-style search over agent designs (`search.py`, `designs.py`) picks the design on
-validation that chat and serve load (`agent_design.json`); its archive is `adas_archive.json`. The search runs
-in this process: its design evaluations are not fanned out yet.
+validation that chat and serve load (`agent_design.json`); its archive is `adas_archive.json`. Design
+evaluations fan out like EvoMerge's candidates (`job.py`; `experts.runtime`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -22,17 +23,20 @@ from typing import Iterator
 import torch
 
 from ..errors import ConfigError
+from ..fanout import fanout_map
 from ..evals.suite import greedy_complete, perplexity, target_nll
 from ..evals.text import natural_text
 from ..formats import bitnet as bitnet_format
 from ..formats.files import add_sidecars
 from ..model_io import load_model, save_model
 from ..stages.contract import Built, StageContext, StageSpec
+from ..store import Manifest
 from .cem import cem
-from .designs import DesignEvaluator
+from .designs import Design
 from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router
 from .domains import Domain, get_domain
 from .expert import Expert, mix
+from .job import DESIGN_JOB
 from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
 from .search import run_search
 from .svf import SVF
@@ -92,17 +96,34 @@ def cem_mixes(model, tok, svf: SVF, experts: dict[str, Expert], domains: list[Do
     return out
 
 
-def design_search(model, tok, folder: Path, svf: SVF, modes: list[str], n_experts: int, cfg: ExpertsSettings,
+def design_search(folder: Path, parent: str, run_id: str, modes: list[str], n_experts: int, cfg: ExpertsSettings,
                   ctx: StageContext) -> dict:
-    """Runs the search on the built folder, writes `adas_archive.json` and `agent_design.json`."""
+    """The search over the built folder, its designs scored through the stage's fan-out; writes
+    `adas_archive.json` and `agent_design.json` into the folder."""
     from ..quietstar.state import has_thoughts
 
     ev = ctx.settings.eval
     tasks = [d for d in cfg.domains if d != "language" and d in ev.tasks] or list(ev.tasks)
-    evaluator = DesignEvaluator(model, tok, folder, ev, ctx.settings.agent, tasks, cfg.search.examples, svf)
-    result = run_search(lambda d, split: evaluator.score(d, split, cfg.seed), modes, n_experts, has_thoughts(folder),
-                        cfg.search.designs, cfg.search.test_top, cfg.seed, cfg.search.tournament,
-                        log=lambda m: ctx.progress(0.95, f"experts: {m}"))
+    # the jobs read the built folder from the store (another machine may run them); gone again after the search
+    internal = f"{run_id}-search"
+    ctx.store.put(internal, folder, Manifest(key=internal, stage="experts", parents=[parent], config_hash="",
+                                             code_version=f"experts.v{VERSION}", info={"internal": "design search"}))
+    pool = ctx.fanout(DESIGN_JOB, cfg.runtime)
+
+    def score(designs: list[Design], split: str) -> list[dict]:
+        requests = [{"id": hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode()).hexdigest()[:16],
+                     "run_id": run_id, "checkpoint": internal, "design": d.as_dict(), "split": split, "tasks": tasks,
+                     "examples": cfg.search.examples, "seed": cfg.seed, "label": f"design-{split}"} for d in designs]
+        results = {r["id"]: res for r, res in fanout_map(pool, requests)}
+        return [results[r["id"]] for r in requests]
+
+    try:
+        result = run_search(score, modes, n_experts, has_thoughts(folder), cfg.search.designs, cfg.search.test_top,
+                            cfg.seed, cfg.search.tournament, batch=pool.slots,
+                            log=lambda m: ctx.progress(0.95, f"experts: {m}"))
+    finally:
+        pool.close()
+    ctx.store.discard(internal)
     (folder / ARCHIVE_FILE).write_text(json.dumps({**result, "tasks": tasks, "examples": cfg.search.examples}, indent=1))
     (folder / DESIGN_FILE).write_text(json.dumps(result["chosen"]["design"], indent=1))
     add_sidecars(folder, [ARCHIVE_FILE, DESIGN_FILE])
@@ -187,7 +208,7 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
         t1 = time.time()
         modes = ["linear", "prompt"] + (["cls_expert"] if "cls_expert" in dispatcher else []) + \
             (["cem"] if "cem" in dispatcher else [])
-        info["search"] = design_search(model, tok, folder, svf, modes, len(experts), cfg, ctx)
+        info["search"] = design_search(folder, parent, keys[""], modes, len(experts), cfg, ctx)
         timings["search_s"] = time.time() - t1
     info.update({
         "values_per_expert": svf.n_values, "target": svf.target, "matrix": matrix,
@@ -210,5 +231,6 @@ SPEC = StageSpec(
     build=build,
     settings=ExpertsSettings,
     evaluate=evaluate_two_pass,
+    jobs=(DESIGN_JOB,),
     description="Transformer² SVF experts per domain, dispatched per prompt (two-pass inference).",
 )
