@@ -407,3 +407,28 @@ def test_the_stage_searches_designs_and_the_runtime_loads_the_chosen_one(tiny_se
     rt = Runtime.open(folder, model, tok, s.agent, session="t")
     assert rt.two_pass.mode == chosen["dispatch"]
     assert sorted(rt.tools) == sorted((["calc"] if chosen["tools"] else []) + (["search"] if chosen["retrieval"] else []))
+
+
+def test_a_run_stopped_after_one_expert_trains_only_the_rest_on_resume(tiny_settings, monkeypatch):
+    import agent_forge_core.experts.stage as stage
+
+    s = tiny_settings(*EXPERTS, "experts.gates={}")
+    ctx = make_context(s)
+    base = run_stage_on("import", [], ctx)
+    trained, real = [], stage.train_expert
+
+    def stops_at_recall(model, tok, svf, domain, *a, **kw):
+        if domain.name == "recall" and not trained.count("recall"):
+            trained.append("recall")
+            raise KeyboardInterrupt  # the run is killed while training the second expert
+        trained.append(domain.name)
+        return real(model, tok, svf, domain, *a, **kw)
+
+    monkeypatch.setattr(stage, "train_expert", stops_at_recall)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage_on("experts", base.outputs, ctx)
+    first = list(trained)
+    res = run_stage_on("experts", base.outputs, ctx)
+    assert first == ["arithmetic", "recall"] and trained[2:] == ["recall", "instruction", "language"]
+    folder = ctx.store.get(res.outputs[0])
+    assert (folder / "experts" / "arithmetic.safetensors").is_file()

@@ -35,7 +35,7 @@ from .cem import cem
 from .designs import Design
 from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router
 from .domains import Domain, get_domain
-from .expert import Expert, mix
+from .expert import EXPERTS_DIR, Expert, mix
 from .job import DESIGN_JOB
 from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
 from .search import run_search
@@ -133,6 +133,27 @@ def design_search(folder: Path, parent: str, run_id: str, modes: list[str], n_ex
                     sorted(result["archive"], key=lambda r: result["ranked"].index(r["label"]))[:cfg.search.test_top]]}
 
 
+def trained_expert(ctx: StageContext, run_id: str, folder: Path, svf: SVF, domain: str, train) -> tuple[Expert, list]:
+    """The expert of `domain` as stored in `folder` (z in float16, what the matrix and dispatch then read): trained
+    by `train()`, or taken from the store where an interrupted run of this stage kept it (each expert is kept there
+    as soon as it is trained, so a resumed run trains only the missing ones)."""
+    rel = f"{EXPERTS_DIR}/{domain}.safetensors"
+    kept = f"experts/{run_id}/trained/{domain}"
+    raw, hist = ctx.store.read_file(f"{kept}.safetensors"), ctx.store.read_file(f"{kept}.json")
+    if raw is not None and hist is not None:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(raw)
+        expert = Expert.load(folder / rel)
+        expert.verify(svf)
+        ctx.log.info("experts: %s taken from an earlier run of this stage", domain)
+        return expert, json.loads(hist)
+    expert, history = train()
+    expert.save(folder, svf)
+    ctx.store.write_file(f"{kept}.safetensors", (folder / rel).read_bytes())
+    ctx.store.write_file(f"{kept}.json", json.dumps(history).encode())
+    return Expert.load(folder / rel), history
+
+
 def _load_input(folder: Path, cfg: ExpertsSettings, ctx: StageContext):
     if not bitnet_format.detect(folder):
         return (*load_model(str(folder), device=str(ctx.device)), None)
@@ -152,18 +173,17 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     ev = ctx.settings.eval
     svf = SVF(model, cfg.train.target)
     domains = [get_domain(d, ev.data) for d in cfg.domains]
+    folder = save_model(model, tok, ctx.work_dir / f"experts-{uuid.uuid4().hex}")  # the base weights, unchanged
     experts: dict[str, Expert] = {}
     histories: dict[str, list[dict]] = {}
     n = len(domains) + 2
     for k, d in enumerate(domains):
-        experts[d.name], histories[d.name] = train_expert(
-            model, tok, svf, d, cfg.train, ev.shots, cfg.seed + k,
-            progress=lambda f, m, _k=k: ctx.progress(0.6 * (_k + f) / n, f"experts: {m}"))
+        experts[d.name], histories[d.name] = trained_expert(
+            ctx, keys[""], folder, svf, d.name, lambda _d=d, _k=k: train_expert(
+                model, tok, svf, _d, cfg.train, ev.shots, cfg.seed + _k,
+                progress=lambda f, m: ctx.progress(0.6 * (_k + f) / n, f"experts: {m}")))
     timings = {"train_s": time.time() - t0}
-    folder = save_model(model, tok, ctx.work_dir / f"experts-{uuid.uuid4().hex}")  # the base weights, unchanged
-    files = {d: e.save(folder, svf) for d, e in experts.items()}
-    # the matrix and the dispatchers read the experts as stored (z in float16)
-    experts = {d: Expert.load(folder / f) for d, f in files.items()}
+    files = {d: f"{EXPERTS_DIR}/{d}.safetensors" for d in experts}
 
     t1 = time.time()
     matrix = expert_matrix(model, tok, svf, experts, domains, cfg.matrix_examples, ev,
