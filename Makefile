@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/seedlm_search.py
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/gguf_export.py
+	$(BIN)/python bench/experts.py
 
 clean:
 	rm -rf .forge

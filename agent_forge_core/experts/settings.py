@@ -34,7 +34,7 @@ class ExpertTraining(Section):
     lr: float = Field(2e-2, gt=0, description="Adam lr on p (reference 2e-3 over 200+ iterations; tens of CPU steps "
                       "at 2e-3 move z by < 0.01).")
     steps: int = Field(8, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(8, gt=0)
     max_grad_norm: float = Field(1e-3, gt=0, description="Clip of p's gradient norm (the reference's 1e-3; Adam is "
                                  "invariant to the scale, so this only caps outliers relative to its moments).")
     kl_coeff: float = Field(0.0, ge=0, description="λ_KL: KL to the base model's distribution (reference 0).")
@@ -81,7 +81,7 @@ class ExpertsSettings(StageSection):
         "states; not in the paper), cem (one α per task, searched few-shot; needs the task known).")
     dispatch_train: int = Field(48, gt=0, description="Train-split queries per domain for the dispatchers that learn.")
     dispatch_examples: int = Field(32, gt=0, description="Test-split queries per domain for dispatch accuracy.")
-    matrix_examples: int = Field(32, gt=0, description="Test-split examples per task for the expert x task matrix "
+    matrix_examples: int = Field(24, gt=0, description="Test-split examples per task for the expert x task matrix "
                                  "(the benchmark uses >= 128).")
     ternary_input: Literal["compose", "refuse"] = Field(
         "compose", description="A BitNet input: compose experts on the dequantized weights (the output's composed "
