@@ -227,8 +227,8 @@ def test_classification_data_is_labelled_and_checked_exactly():
     assert {ex.answer for _, ex in rows} == {"arithmetic", "language"}
     prompt, ex = rows[0]
     assert prompt == classify_prompt(ex.prompt, ["arithmetic", "language"]) and prompt.endswith("Kind:")
-    assert dom.check(" arithmetic\n", Expert and rows[[e.answer for _, e in rows].index("arithmetic")][1])
-    assert not dom.check(" language", rows[[e.answer for _, e in rows].index("arithmetic")][1])
+    arith = next(ex for _, ex in rows if ex.answer == "arithmetic")
+    assert dom.check(" arithmetic\n", arith) and not dom.check(" language", arith)
 
 
 EXPERTS = ["cognate.enabled=false", "experts.enabled=true", "experts.train.steps=2", "experts.train.batch_size=4",
