@@ -4,9 +4,13 @@
 - the expert x task matrix: the base and every expert on every domain's test split (accuracy with its standard
   error on --n examples; language: pydoc test perplexity);
 - dispatch accuracy per mode on --dispatch-n test prompts per domain: prompt (the model names the domain),
-  cls_expert (an SVF expert trained to name it), linear (logistic regression on pooled hidden states);
+  cls_expert (an SVF expert trained to name it), linear (logistic regression on pooled hidden states), and the
+  share of --dispatch-n windows of text of no domain (held-out chat) each leaves on the base weights (`other`);
 - few-shot CEM mixes per task (10 train shots) and their test accuracy;
 - the two-pass runtime (routed by the linear probe) against the base and the best single expert per task;
+- the ADAS-style search over agent designs (`--designs` designs, each scored on `--search-n` validation
+  prompts per task with a bootstrap 95% interval; the `--test-top` best by validation scored once on
+  `--search-test-n` test prompts per task);
 - values per expert beside LoRA r=16 on every projection; wall time per phase; the paper's figures beside.
 Phases are kept in a work folder (--work), so a stopped run resumes where it was.
 Writes bench/results/experts.json.
@@ -26,9 +30,11 @@ from agent_forge_core.config import load_settings
 from agent_forge_core.evals.suite import standard_error
 from agent_forge_core.experts.dispatch import (ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router,
                                               pooled_features, prompt_router)
-from agent_forge_core.experts.domains import get_domain
+from agent_forge_core.experts.designs import DesignEvaluator
+from agent_forge_core.experts.domains import get_domain, other_texts
 from agent_forge_core.experts.expert import Expert
 from agent_forge_core.experts.stage import CLS_FILE, cem_mixes, expert_matrix
+from agent_forge_core.experts.search import run_search
 from agent_forge_core.experts.svf import SVF
 from agent_forge_core.experts.train import train_expert
 from agent_forge_core.evals.text import natural_text
@@ -59,7 +65,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--work", default=".forge/bench-experts")
-    ap.add_argument("--skip", default="", help="comma-separated phases not to run: cls_expert, cem")
+    ap.add_argument("--designs", type=int, default=10)
+    ap.add_argument("--search-n", type=int, default=24)
+    ap.add_argument("--search-test-n", type=int, default=48)
+    ap.add_argument("--test-top", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma-separated phases not to run: cls_expert, cem, search")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -108,14 +118,17 @@ def main() -> None:
     names = [d.name for d in domains]
     train_q = {d.name: d.queries("train", cfg.dispatch_train, ev.shots, cfg.seed) for d in domains}
     test_q = {d.name: d.queries("test", args.dispatch_n, ev.shots, cfg.seed) for d in domains}
+    others = other_texts(args.dispatch_n, seed=cfg.seed)
 
     def linear():
         labels = torch.tensor([i for i, d in enumerate(names) for _ in train_q[d]])
-        probe = LinearProbe.fit(pooled_features(model, tok, [q for d in names for q in train_q[d]]), labels, len(names))
-        return {"probe": probe.as_dict(), "accuracy": dispatch_accuracy(linear_router(model, tok, names, probe), test_q)}
+        probe = LinearProbe.fit(pooled_features(model, tok, [q for d in names for q in train_q[d]]), labels, len(names),
+                                margin=cfg.other_margin or None)
+        return {"probe": probe.as_dict(),
+                "accuracy": dispatch_accuracy(linear_router(model, tok, names, probe), test_q, others)}
 
     lin = phase("dispatch_linear", linear)
-    phase("dispatch_prompt", lambda: {"accuracy": dispatch_accuracy(prompt_router(model, tok, names), test_q)})
+    phase("dispatch_prompt", lambda: {"accuracy": dispatch_accuracy(prompt_router(model, tok, names), test_q, others)})
 
     def cls_expert():
         e, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), cfg.train, ev.shots,
@@ -124,15 +137,16 @@ def main() -> None:
         e.save(folder, svf)
         e = Expert.load(folder / CLS_FILE)
         return {"meta": e.meta, "history": hist,
-                "accuracy": dispatch_accuracy(prompt_router(model, tok, names, svf, e.z), test_q)}
+                "accuracy": dispatch_accuracy(prompt_router(model, tok, names, svf, e.z), test_q, others)}
 
     skip = set(filter(None, args.skip.split(",")))
     if "cls_expert" not in skip:
         phase("dispatch_cls_expert", cls_expert)
     cem = {} if "cem" in skip else phase("cem", lambda: cem_mixes(model, tok, svf, experts, domains, cfg, ev,
                                                                   lambda f, m: print(" ", m, flush=True)))
-    (folder / DISPATCHER_FILE).write_text(json.dumps({"mode": "linear", "domains": names, "linear": lin["probe"],
-                                                      "cem": {d: r["alpha"] for d, r in cem.items()}}))
+    (folder / DISPATCHER_FILE).write_text(json.dumps({
+        "mode": "linear", "domains": names, "linear": lin["probe"], "cem": {d: r["alpha"] for d, r in cem.items()},
+        **({"cls_expert": CLS_FILE} if "dispatch_cls_expert" in state else {})}))
 
     # routed by the linear probe (the stage's default); a CEM mix is per task, so its routed accuracies are the
     # `cem` phase's test accuracies already
@@ -140,16 +154,36 @@ def main() -> None:
         two = TwoPass(model, tok, folder, "linear")
         where = {t: two.groups(two.choose([p for p, _ in d.examples("test", args.n, ev.shots, ev.seed)], t))
                  for t, d in zip(names, domains) if d.checkable}
-        if all(list(g) == [t] for t, g in where.items()):
-            # the suite's exact prompts (the matrix scored the same ones), each routed to its own expert: the routed
-            # accuracies are the experts' own, no second generation needed
+        if all(len(g) == 1 and next(iter(g)) in matrix for g in where.values()):
+            # the suite's exact prompts (the matrix scored the same ones), each task's all sent to one row of the
+            # matrix (its own expert, or the base): the routed accuracies are that row's, no second generation needed
             text = two.choose([natural_text("test")[:TEXT_QUERY_CHARS]], "language")[0]
-            return {"derived_from_matrix": True, "routed": {t: {t: len(ix) for ix in g.values()} for t, g in where.items()},
-                    "metrics": {**{t: matrix[t][t] for t in where}, "perplexity": matrix[text]["language"]
-                                if text in matrix else matrix["base"]["language"]}, "language_routed_to": text}
+            return {"derived_from_matrix": True, "routed": {t: {c: len(ix) for c, ix in g.items()} for t, g in where.items()},
+                    "metrics": {**{t: matrix[next(iter(g))][t] for t, g in where.items()},
+                                "perplexity": matrix[text if text in matrix else "base"]["language"]},
+                    "language_routed_to": text}
         metrics, routed = two.evaluate(ev)
         return {"derived_from_matrix": False, "metrics": metrics, "routed": routed}
     routed = {"linear": phase("routed_linear", run)}
+
+    def search():
+        # the stage's search, its designs scored in this process (the stage fans them out instead)
+        tasks = [d.name for d in domains if d.checkable]
+        evaluators = {split: DesignEvaluator(model, tok, folder, ev, s.agent, tasks, n, svf)
+                      for split, n in (("validation", args.search_n), ("test", args.search_test_n))}
+
+        def score(designs, split):
+            out = []
+            for d in designs:
+                t = time.time()
+                out.append({**evaluators[split].score(d, split, cfg.seed), "seconds": time.time() - t})
+            return out
+
+        modes = ["linear", "prompt"] + (["cls_expert"] if "dispatch_cls_expert" in state else []) + \
+            (["cem"] if cem else [])
+        return run_search(score, modes, len(DOMAINS), False, args.designs, args.test_top, cfg.seed,
+                          cfg.search.tournament, log=lambda m: print(" ", m, flush=True))
+    found = None if "search" in skip else phase("search", search)
 
     tasks = [d for d in DOMAINS if d != "language"]
     se = lambda acc: standard_error(round(acc * args.n), args.n)  # noqa: E731
@@ -172,10 +206,16 @@ def main() -> None:
         "skipped": sorted(skip),
         "cem": {d: {k: v for k, v in r.items() if k != "history"} for d, r in cem.items()},
         "routed": routed, "timings_s": state["timings"], "paper": PAPER,
+        "search": found and {"designs": len(found["archive"]), "validation_n_per_task": args.search_n,
+                             "test_n_per_task": args.search_test_n, "chosen": found["chosen"]["label"],
+                             "archive": [{k: r[k] for k in ("label", "origin", "validation", "test") if k in r}
+                                         for r in found["archive"]], "ranked": found["ranked"]},
         "threads": torch.get_num_threads(),
     }
     OUT.write_text(json.dumps(out, indent=1))
     print(json.dumps({"summary": summary, "dispatch": {m: a["all"] for m, a in out["dispatch_accuracy"].items()},
+                      "search": found and {r["label"]: {"validation": r["validation"]["median"], "test": r.get("test", {}).get("mean")}
+                                           for r in found["archive"]},
                       "timings": state["timings"]}, indent=1))
 
 

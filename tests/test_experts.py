@@ -199,6 +199,18 @@ def test_reinforce_with_positive_rewards_raises_the_likelihood_of_the_greedy_ans
     assert after < base - 0.02, (base, after)
 
 
+def test_a_greedy_answer_stopped_by_eos_keeps_the_eos_as_its_last_action(tiny_model_dir):
+    """An empty answer must still carry a token (its EOS), or a −1 reward has nothing to push down."""
+    from agent_forge_core.experts.train import pack, with_stop
+
+    _, tok = _tiny(tiny_model_dir)
+    assert with_stop(tok, "", 8) == tok.eos_token and with_stop(tok, " 12", 8) == " 12" + tok.eos_token
+    assert with_stop(tok, " 12\n", 8) == " 12\n"  # stopped by its newline, which the text keeps
+    assert with_stop(tok, " a b c d e f g h i j", 8) == " a b c d e f g h i j"  # ran out of tokens: no stop
+    _, _, labels = pack(tok, [("Q: 2+2?\nA:", with_stop(tok, "", 8))], "cpu")
+    assert labels[labels != -100].tolist() == [tok.eos_token_id]
+
+
 def test_auto_objective_falls_back_to_nll_when_every_reward_is_negative(tiny_model_dir):
     model, tok = _tiny(tiny_model_dir)
     svf = SVF(model, "mlp")
@@ -216,9 +228,26 @@ def test_the_linear_dispatcher_tells_held_out_domains_apart(tiny_model_dir):
     names = [d.name for d in domains]
     train = [q for d in domains for q in d.queries("train", 24, 1, 0)]
     labels = torch.tensor([i for i in range(len(domains)) for _ in range(24)])
-    probe = LinearProbe.fit(pooled_features(model, tok, train), labels, len(domains))
+    probe = LinearProbe.fit(pooled_features(model, tok, train), labels, len(domains), margin=None)  # domains only
     acc = dispatch_accuracy(linear_router(model, tok, names, probe), {d.name: d.queries("test", 16, 1, 0) for d in domains})
     assert acc["all"] >= 0.95, acc  # test-split families: wordings the probe never saw
+
+
+def test_the_linear_probe_leaves_far_queries_on_the_base_weights():
+    from agent_forge_core.experts.dispatch import OTHER
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 6
+    x = torch.cat([c + torch.randn(40, 16, generator=g) for c in centres])
+    y = torch.arange(3).repeat_interleave(40)
+    probe = LinearProbe.fit(x, y, 3)
+    near = torch.cat([c + torch.randn(20, 16, generator=g) * 0.8 for c in centres])
+    far = centres.mean(0) + torch.randn(20, 16, generator=g) * 30
+    assert probe.predict(near).tolist() == torch.arange(3).repeat_interleave(20).tolist()
+    assert (probe.predict(far) == -1).all()
+    assert (LinearProbe.fit(x, y, 3, margin=None).predict(far) >= 0).all()  # without the rule: a domain each
+    again = LinearProbe.from_dict(json.loads(json.dumps(probe.as_dict())))
+    assert torch.equal(again.predict(far), probe.predict(far)) and OTHER == "base"
 
 
 def test_classification_data_is_labelled_and_checked_exactly():
@@ -226,7 +255,7 @@ def test_classification_data_is_labelled_and_checked_exactly():
     rows = dom.examples("train", 8, 1, 0)
     assert {ex.answer for _, ex in rows} == {"arithmetic", "language"}
     prompt, ex = rows[0]
-    assert prompt == classify_prompt(ex.prompt, ["arithmetic", "language"]) and prompt.endswith("Kind:")
+    assert prompt == classify_prompt(ex.prompt, ["arithmetic", "language", "other"]) and prompt.endswith("Kind:")
     arith = next(ex for _, ex in rows if ex.answer == "arithmetic")
     assert dom.check(" arithmetic\n", arith) and not dom.check(" language", arith)
 

@@ -7,6 +7,11 @@ Modes, all judged by exact dispatch accuracy on labelled test prompts (the domai
   "prompt → label" (the reference's "Cls-expert" strategy).
 - linear: logistic regression on the base model's mean-pooled last hidden states (not in the paper; the cheap
   baseline the others are compared with).
+A prompt that belongs to none of the domains gets the base weights (`OTHER`), as the reference's "other"
+category does: the prompt modes offer the label `other`; the linear probe rejects a query whose standardised
+features lie farther from its predicted domain's centroid than `margin` times the farthest of that domain's
+training queries (a nearest-centroid open-set rule; on SmolLM2 the chat text of `perplexity_ood` lies 25-37
+from every centroid, the domains' test prompts within 23).
 - cem: few-shot adaptation, one mix α per task searched with `cem.py` on a handful of its train examples; it
   needs the task known, so it has no per-prompt accuracy.
 """
@@ -23,6 +28,8 @@ from .svf import SVF
 from .train import pack, sequence_logprobs
 
 CLASSIFY_CHARS = 400  # the end of a long prompt (few-shot blocks come first) is where its own question is
+OTHER = "base"  # the choice for a prompt of none of the domains: the base weights
+OTHER_LABEL = "other"
 
 
 def classify_prompt(query: str, domains: list[str]) -> str:
@@ -66,15 +73,20 @@ def pooled_features(model, tok, texts: list[str], batch_size: int = 16) -> torch
 
 @dataclass
 class LinearProbe:
-    """Softmax regression on standardised features: p(k | x) = softmax(W (x − μ)/s + b)."""
+    """Softmax regression on standardised features: p(k | x) = softmax(W (x − μ)/s + b); x is rejected (−1) when
+    ‖(x − μ)/s − c_k‖ > r_k for its predicted k (c_k: the centroid of k's training features, r_k: `margin` × their
+    largest distance to it)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
+    centroids: torch.Tensor | None = None
+    radius: torch.Tensor | None = None
 
     @classmethod
-    def fit(cls, x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300, l2: float = 1e-3) -> "LinearProbe":
+    def fit(cls, x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300, l2: float = 1e-3,
+            margin: float | None = 1.1) -> "LinearProbe":
         mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
         xs = (x - mean) / std
         w = torch.zeros(classes, x.shape[1], requires_grad=True)
@@ -88,17 +100,28 @@ class LinearProbe:
             return loss
 
         opt.step(closure)
-        return cls(mean, std, w.detach(), b.detach())
+        if margin is None:
+            return cls(mean, std, w.detach(), b.detach())
+        centroids = torch.stack([xs[y == k].mean(0) for k in range(classes)])
+        radius = torch.stack([(xs[y == k] - centroids[k]).norm(dim=-1).max() * margin for k in range(classes)])
+        return cls(mean, std, w.detach(), b.detach(), centroids, radius)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return (((x - self.mean) / self.std) @ self.weight.T + self.bias).argmax(-1)
+        """The class of each row, −1 where it is rejected."""
+        xs = (x - self.mean) / self.std
+        k = (xs @ self.weight.T + self.bias).argmax(-1)
+        if self.centroids is None:
+            return k
+        far = (xs - self.centroids[k]).norm(dim=-1) > self.radius[k]
+        return torch.where(far, torch.full_like(k, -1), k)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("mean", "std", "weight", "bias")}
+        return {k: getattr(self, k).tolist() for k in ("mean", "std", "weight", "bias", "centroids", "radius")
+                if getattr(self, k) is not None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LinearProbe":
-        return cls(**{k: torch.tensor(d[k]) for k in ("mean", "std", "weight", "bias")})
+        return cls(**{k: torch.tensor(v) for k, v in d.items()})
 
 
 class ClassifyDomain:
@@ -113,10 +136,11 @@ class ClassifyDomain:
 
     def examples(self, split: str, n: int, shots: int, seed: int) -> list[tuple[str, Example]]:
         names = [d.name for d in self.domains]
+        kinds = [*names, OTHER_LABEL]  # the kinds the router offers (`prompt_router`)
         rows = []
         for d in self.domains:
             for q in d.queries(split, max(self.per_domain, n // len(self.domains) + 1), shots, seed):
-                rows.append((classify_prompt(q, names), Example(q, " " + d.name, d.name)))
+                rows.append((classify_prompt(q, kinds), Example(q, " " + d.name, d.name)))
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
         return [rows[i] for i in order][:n]
 
@@ -129,33 +153,38 @@ Router = Callable[[list[str]], list[str]]
 
 
 def prompt_router(model, tok, domains: list[str], svf: SVF | None = None, z=None) -> Router:
-    """Routes by label likelihood, under the base weights (prompt) or a classification expert's (cls_expert)."""
+    """Routes by label likelihood over the domains and `other` (→ `OTHER`), under the base weights (prompt) or a
+    classification expert's (cls_expert)."""
+    labels = [*domains, OTHER_LABEL]
 
     def route(queries: list[str]) -> list[str]:
         if svf is not None:
             svf.apply(z)
         try:
-            scores = label_scores(model, tok, [classify_prompt(q, domains) for q in queries], domains)
+            scores = label_scores(model, tok, [classify_prompt(q, labels) for q in queries], labels)
         finally:
             if svf is not None:
                 svf.apply(None)
-        return [domains[i] for i in scores.argmax(-1).tolist()]
+        return [(domains + [OTHER])[i] for i in scores.argmax(-1).tolist()]
 
     return route
 
 
 def linear_router(model, tok, domains: list[str], probe: LinearProbe) -> Router:
     def route(queries: list[str]) -> list[str]:
-        return [domains[i] for i in probe.predict(pooled_features(model, tok, queries)).tolist()]
+        return [domains[i] if i >= 0 else OTHER for i in probe.predict(pooled_features(model, tok, queries)).tolist()]
 
     return route
 
 
-def dispatch_accuracy(route: Router, queries: dict[str, list[str]]) -> dict[str, float]:
-    """Share of each domain's queries routed to it, and the mean over domains (`all`)."""
+def dispatch_accuracy(route: Router, queries: dict[str, list[str]], others: list[str] = ()) -> dict[str, float]:
+    """Share of each domain's queries routed to it, their mean over domains (`all`), and the share of `others`
+    (text of no domain) routed to the base weights (`other`)."""
     acc = {}
     for d, qs in queries.items():
         got = route(qs)
         acc[d] = sum(g == d for g in got) / len(qs)
     acc["all"] = sum(acc[d] for d in queries) / len(queries)
+    if others:
+        acc[OTHER_LABEL] = sum(g == OTHER for g in route(list(others))) / len(others)
     return acc

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from ..evals.tasks import SPLITS, Example, Task, get_task, with_shots
-from ..evals.text import natural_text
+from ..evals.text import natural_text, ood_text
 
 LANGUAGE = "language"
 DOMAIN_NAMES = ("arithmetic", "recall", "instruction", LANGUAGE, "driving")
@@ -54,3 +54,11 @@ def get_domain(name: str, data: dict[str, str] | None = None) -> Domain:
     if name not in DOMAIN_NAMES:
         raise ValueError(f"unknown expert domain {name!r}; allowed: {list(DOMAIN_NAMES)}")
     return Domain(name, get_task(name, data))
+
+
+def other_texts(n: int, chars: int = 400, seed: int = 0) -> list[str]:
+    """Text of none of the domains, for the share a dispatcher leaves on the base weights: windows of the held-out
+    chat text's validation half (no dispatcher trains on it)."""
+    text = ood_text("validation")
+    rng = random.Random(f"other:{seed}")
+    return [text[s : s + chars] for s in rng.sample(range(0, len(text) - chars), n)]

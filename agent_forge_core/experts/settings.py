@@ -21,7 +21,7 @@ CEM_REFERENCE = {"population": 32, "elite_ratio": 0.2, "generations": 50, "shots
 class ExpertTraining(Section):
     """How each expert is trained (`experts.train`)."""
 
-    profiles = {"full": {"lr": 2e-3, "steps": 200, "batch_size": 64}}
+    profiles = {"full": {"lr": 2e-3, "steps": 200, "batch_size": 64, "max_new_tokens": 48}}
 
     target: Literal["mlp", "all"] = Field("mlp", description="mlp: gate, up, down (the reference; 51,840 values per "
                                           "expert on SmolLM2-135M); all: also q, k, v, o (97,920).")
@@ -33,13 +33,15 @@ class ExpertTraining(Section):
     init: float = Field(0.1, description="p's initial value (z = sigmoid(p) ≈ 0.525).")
     lr: float = Field(2e-2, gt=0, description="Adam lr on p (reference 2e-3 over 200+ iterations; tens of CPU steps "
                       "at 2e-3 move z by < 0.01).")
-    steps: int = Field(8, gt=0)
+    steps: int = Field(6, gt=0, description="Optimiser steps per expert (each one a forward and backward of "
+                       "`batch_size` prompts; ~11 s on 2 cores for SmolLM2-135M).")
     batch_size: int = Field(8, gt=0)
     max_grad_norm: float = Field(1e-3, gt=0, description="Clip of p's gradient norm (the reference's 1e-3; Adam is "
                                  "invariant to the scale, so this only caps outliers relative to its moments).")
     kl_coeff: float = Field(0.0, ge=0, description="λ_KL: KL to the base model's distribution (reference 0).")
-    max_new_tokens: int = Field(48, gt=0, description="Greedy tokens per answer for the rewards.")
-    text_chars: int = Field(600, gt=0, description="Characters per natural-text window (language domain).")
+    max_new_tokens: int = Field(32, gt=0, description="Greedy tokens per answer for the rewards (an answer cut "
+                                "there earns what the checker says of it).")
+    text_chars: int = Field(400, gt=0, description="Characters per natural-text window (language domain).")
 
 
 class CEMSettings(Section):
@@ -66,7 +68,8 @@ class SearchSettings(Section):
 
 
 class ExpertsSettings(StageSection):
-    profiles = {"full": {"matrix_examples": 128, "dispatch_examples": 64,
+    profiles = {"full": {"matrix_examples": 128, "dispatch_train": 48, "dispatch_examples": 64,
+                         "dispatch_compare": ["prompt", "linear"],
                          "search": {"enabled": True, "designs": 20, "examples": 64}}}
 
     domains: list[str] = Field(default_factory=lambda: ["arithmetic", "recall", "instruction", "language"],
@@ -79,10 +82,18 @@ class ExpertsSettings(StageSection):
         "linear", description="How the two-pass runtime picks z' per prompt: prompt (the model names the domain), "
         "cls_expert (an SVF expert trained to name it), linear (logistic regression on the base's pooled hidden "
         "states; not in the paper), cem (one α per task, searched few-shot; needs the task known).")
-    dispatch_train: int = Field(48, gt=0, description="Train-split queries per domain for the dispatchers that learn.")
-    dispatch_examples: int = Field(32, gt=0, description="Test-split queries per domain for dispatch accuracy.")
-    matrix_examples: int = Field(24, gt=0, description="Test-split examples per task for the expert x task matrix "
-                                 "(the benchmark uses >= 128).")
+    dispatch_compare: list[Literal["prompt", "linear"]] = Field(
+        default_factory=list, description="Dispatchers measured beside `dispatch` (dispatch accuracy only; `full`: "
+        "both).")
+    other_margin: float = Field(1.1, ge=0, description="The linear dispatcher leaves a query on the base weights "
+                                "when it lies farther than this times the farthest training query from its domain's "
+                                "centroid (`dispatch.py`); 0: never.")
+    dispatch_train: int = Field(24, gt=0, description="Train-split queries per domain for the dispatchers that learn.")
+    dispatch_examples: int = Field(16, gt=0, description="Test-split queries per domain for dispatch accuracy.")
+    matrix_examples: int = Field(0, ge=0, description="Test-split examples per task for the expert x task matrix "
+                                 "(every expert on every domain; `full` 128, as the benchmark). 0: no matrix (the "
+                                 "quick profile: its rows cost a third of an evaluation each; the runner's evaluation "
+                                 "still measures the routed model against its input).")
     ternary_input: Literal["compose", "refuse"] = Field(
         "compose", description="A BitNet input: compose experts on the dequantized weights (the output's composed "
         "weights are float), or refuse.")

@@ -1,7 +1,7 @@
 """Stage 7, expert vectors: Transformer² SVF experts per domain and the dispatcher of its two-pass inference.
 
 Build: decompose the input's target matrices (`svf.py`), train one expert per domain (`train.py`), measure
-every expert on every domain (the expert x task matrix), fit and measure the dispatchers (`dispatch.py`; CEM
+every expert on every domain (the expert x task matrix, off in quick), fit and measure the dispatchers (`dispatch.py`; CEM
 mixes with `cem.py`), and write the base weights unchanged with the experts as sidecars (`expert.py`).
 The runner evaluates the output through its two-pass runtime (`two_pass.py`): each prompt answered with the
 expert its dispatcher picks. A BitNet input is composed on its dequantized weights (the output is float) or
@@ -34,7 +34,7 @@ from ..store import Manifest
 from .cem import cem
 from .designs import Design
 from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router
-from .domains import Domain, get_domain
+from .domains import Domain, get_domain, other_texts
 from .expert import EXPERTS_DIR, Expert, mix
 from .job import DESIGN_JOB
 from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
@@ -72,7 +72,7 @@ def expert_matrix(model, tok, svf: SVF, experts: dict[str, Expert], domains: lis
 def cem_mixes(model, tok, svf: SVF, experts: dict[str, Expert], domains: list[Domain], cfg: ExpertsSettings, ev,
               progress) -> dict[str, dict]:
     """Per task domain, α searched on `cem.shots` train examples; fitness (accuracy, log-likelihood of the gold
-    outputs); then its test accuracy on `matrix_examples`."""
+    outputs); then its test accuracy on `matrix_examples` (none when the matrix is off)."""
     ordered = list(experts.values())
     out = {}
     tasks = [d for d in domains if d.checkable]
@@ -89,7 +89,7 @@ def cem_mixes(model, tok, svf: SVF, experts: dict[str, Expert], domains: list[Do
         alpha, score, history = cem(fitness, len(ordered), cfg.cem.population, cfg.cem.elite_ratio,
                                     cfg.cem.generations, cfg.cem.init_std, cfg.seed + k)
         svf.apply(mix(ordered, alpha))
-        test = domain_score(model, tok, d, "test", cfg.matrix_examples, ev)
+        test = domain_score(model, tok, d, "test", cfg.matrix_examples, ev) if cfg.matrix_examples else None
         out[d.name] = {"alpha": alpha, "shots_accuracy": score[0], "shots_loglik": score[1], "test": test,
                        "history": history}
     svf.apply(None)
@@ -185,21 +185,28 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     timings = {"train_s": time.time() - t0}
     files = {d: f"{EXPERTS_DIR}/{d}.safetensors" for d in experts}
 
-    t1 = time.time()
-    matrix = expert_matrix(model, tok, svf, experts, domains, cfg.matrix_examples, ev,
-                           lambda f, m: ctx.progress(0.6 + 0.2 * f, f"experts: {m}"))
-    timings["matrix_s"] = time.time() - t1
+    matrix = None
+    if cfg.matrix_examples:
+        t1 = time.time()
+        matrix = expert_matrix(model, tok, svf, experts, domains, cfg.matrix_examples, ev,
+                               lambda f, m: ctx.progress(0.6 + 0.2 * f, f"experts: {m}"))
+        timings["matrix_s"] = time.time() - t1
 
     t1 = time.time()
     names = [d.name for d in domains]
     train_q = {d.name: d.queries("train", cfg.dispatch_train, ev.shots, cfg.seed) for d in domains}
     test_q = {d.name: d.queries("test", cfg.dispatch_examples, ev.shots, cfg.seed) for d in domains}
+    others = other_texts(cfg.dispatch_examples, seed=cfg.seed)
     ctx.progress(0.8, "experts: dispatchers")
-    labels = torch.tensor([i for i, d in enumerate(names) for _ in train_q[d]])
-    probe = LinearProbe.fit(pooled_features(model, tok, [q for d in names for q in train_q[d]]), labels, len(names))
-    dispatcher: dict = {"mode": cfg.dispatch, "domains": names, "linear": probe.as_dict(), "accuracy": {}}
-    dispatcher["accuracy"]["linear"] = dispatch_accuracy(linear_router(model, tok, names, probe), test_q)
-    dispatcher["accuracy"]["prompt"] = dispatch_accuracy(prompt_router(model, tok, names), test_q)
+    dispatcher: dict = {"mode": cfg.dispatch, "domains": names, "accuracy": {}}
+    if "linear" in (cfg.dispatch, *cfg.dispatch_compare):
+        labels = torch.tensor([i for i, d in enumerate(names) for _ in train_q[d]])
+        probe = LinearProbe.fit(pooled_features(model, tok, [q for d in names for q in train_q[d]]), labels, len(names),
+                                margin=cfg.other_margin or None)
+        dispatcher["linear"] = probe.as_dict()
+        dispatcher["accuracy"]["linear"] = dispatch_accuracy(linear_router(model, tok, names, probe), test_q, others)
+    if "prompt" in (cfg.dispatch, *cfg.dispatch_compare):
+        dispatcher["accuracy"]["prompt"] = dispatch_accuracy(prompt_router(model, tok, names), test_q, others)
     info: dict = {}
     if cfg.dispatch == "cls_expert":
         cls, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), cfg.train, ev.shots,
@@ -208,7 +215,8 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
         cls = Expert.load(folder / cls.save(folder, svf))
         files_cls = [CLS_FILE]
         dispatcher["cls_expert"] = CLS_FILE
-        dispatcher["accuracy"]["cls_expert"] = dispatch_accuracy(prompt_router(model, tok, names, svf, cls.z), test_q)
+        dispatcher["accuracy"]["cls_expert"] = dispatch_accuracy(prompt_router(model, tok, names, svf, cls.z), test_q,
+                                                                 others)
         info["cls_expert"] = {"meta": cls.meta, "history": hist}
     else:
         files_cls = []
@@ -226,7 +234,7 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     add_sidecars(folder, [*files.values(), *files_cls, EXPERTS_FILE, DISPATCHER_FILE])
     if cfg.search.enabled:
         t1 = time.time()
-        modes = ["linear", "prompt"] + (["cls_expert"] if "cls_expert" in dispatcher else []) + \
+        modes = (["linear"] if "linear" in dispatcher else []) + ["prompt"] + (["cls_expert"] if "cls_expert" in dispatcher else []) + \
             (["cem"] if "cem" in dispatcher else [])
         info["search"] = design_search(folder, parent, keys[""], modes, len(experts), cfg, ctx)
         timings["search_s"] = time.time() - t1

@@ -45,6 +45,17 @@ def pack(tok, pairs: list[tuple[str, str]], device, max_len: int = 512):
     return ids, mask.long(), lab
 
 
+def with_stop(tok, completion: str, max_new_tokens: int) -> str:
+    """A greedy answer as the actions taken, its stop included: greedy decoding keeps a stopping newline in the
+    text but drops a stopping EOS, so that EOS is put back. Without it an answer that is EOS alone has no token,
+    hence no gradient: with a −1 reward REINFORCE drives the policy to answer nothing and then stays there (seen on
+    SmolLM2's recall expert: reward share 0.25 → 0 in two steps, loss 0 after)."""
+    if completion.endswith("\n") or tok.eos_token is None or \
+            len(tok(completion, add_special_tokens=False).input_ids) >= max_new_tokens:
+        return completion
+    return completion + tok.eos_token
+
+
 def labelled_logprobs(model, ids, mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(·) at the labelled positions only, (P, V), and the sequence index of each row, (P,).
 
@@ -118,7 +129,7 @@ def train_expert(model, tok, svf: SVF, domain: Domain, cfg, shots: int, seed: in
                         objective, why = choose_objective(cfg, domain, base_share)
                 if objective is None:
                     objective, why = choose_objective(cfg, domain, None)
-                pairs = [(x, ex.target if objective == "nll" else c) for (x, ex), c in
+                pairs = [(x, ex.target if objective == "nll" else with_stop(tok, c, cfg.max_new_tokens)) for (x, ex), c in
                          zip(batch, completions if objective == "reinforce" else [""] * len(batch))]
             else:
                 objective, why = choose_objective(cfg, domain, None)

@@ -16,7 +16,7 @@ import torch
 
 from ..evals.suite import PERPLEXITY_TEXTS, greedy_complete, perplexity, standard_error, target_nll
 from ..evals.tasks import get_task, with_shots
-from .dispatch import LinearProbe, linear_router, prompt_router
+from .dispatch import OTHER, LinearProbe, linear_router, prompt_router
 from .expert import Expert, mix
 from .svf import SVF
 
@@ -76,7 +76,7 @@ class TwoPass:
             raise ValueError(f"{folder}: no CEM mixes were searched (experts.dispatch=cem)")
 
     def z_of(self, choice: str):
-        """A domain's expert, a CEM mix (`mix:<task>`), the static mix, or None (base) for anything else."""
+        """A domain's expert, a CEM mix (`mix:<task>`), the static mix, or None (base: `OTHER` and anything else)."""
         if choice == "static":
             return mix(list(self.experts.values()), self.alpha)
         if choice.startswith("mix:"):
@@ -92,7 +92,7 @@ class TwoPass:
     def choose(self, queries: list[str], task: str = "") -> list[str]:
         """Each query's choice; a CEM mix is per task (no task, as in a chat message: the base)."""
         if self.mode in ("cem", "static", "none"):
-            one = {"cem": f"mix:{task}" if task else "base", "static": "static", "none": "base"}[self.mode]
+            one = {"cem": f"mix:{task}" if task else OTHER, "static": "static", "none": OTHER}[self.mode]
             return [one] * len(queries)
         return self.route(queries)
 
