@@ -13,7 +13,7 @@
   `--search-test-n` test prompts per task);
 - values per expert beside LoRA r=16 on every projection; wall time per phase; the paper's figures beside.
 Phases are kept in a work folder (--work), so a stopped run resumes where it was.
-Writes bench/results/experts.json.
+Writes bench/results/experts.json (and the search's plot, experts_search.png).
 Usage: python bench/experts.py [--source MODEL] [--n 128] [--steps 16] [--batch 16] [--set experts.key=value ...]
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ from agent_forge_core.experts.designs import DesignEvaluator
 from agent_forge_core.experts.domains import get_domain, other_texts
 from agent_forge_core.experts.expert import Expert
 from agent_forge_core.experts.stage import CLS_FILE, cem_mixes, expert_matrix
+from agent_forge_core.experts.plot import plot_search
 from agent_forge_core.experts.search import run_search
 from agent_forge_core.experts.svf import SVF
 from agent_forge_core.experts.train import train_expert
@@ -184,6 +185,8 @@ def main() -> None:
         return run_search(score, modes, len(DOMAINS), False, args.designs, args.test_top, cfg.seed,
                           cfg.search.tournament, log=lambda m: print(" ", m, flush=True))
     found = None if "search" in skip else phase("search", search)
+    if found:
+        plot_search(found["archive"], OUT.with_name("experts_search.png"))
 
     tasks = [d for d in DOMAINS if d != "language"]
     se = lambda acc: standard_error(round(acc * args.n), args.n)  # noqa: E731

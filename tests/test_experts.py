@@ -427,6 +427,7 @@ def test_the_stage_searches_designs_and_the_runtime_loads_the_chosen_one(tiny_se
     archive = json.loads((folder / "adas_archive.json").read_text())
     chosen = json.loads((folder / "agent_design.json").read_text())
     assert len(archive["archive"]) == 5 and chosen == archive["chosen"]["design"] and len(info["top"]) == 2
+    assert (folder / "adas_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run_id = res.outputs[0]
     assert not ctx.store.exists(f"{run_id}-search")  # the internal checkpoint the jobs read is gone
     assert len(ctx.store.fs.glob(f"{ctx.store.root}/experts/{run_id}/designs/*/*.json")) == 5 + 2  # each stored once

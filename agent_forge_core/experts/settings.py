@@ -33,7 +33,7 @@ class ExpertTraining(Section):
     init: float = Field(0.1, description="p's initial value (z = sigmoid(p) ≈ 0.525).")
     lr: float = Field(2e-2, gt=0, description="Adam lr on p (reference 2e-3 over 200+ iterations; tens of CPU steps "
                       "at 2e-3 move z by < 0.01).")
-    steps: int = Field(6, gt=0, description="Optimiser steps per expert (each one a forward and backward of "
+    steps: int = Field(5, gt=0, description="Optimiser steps per expert (each one a forward and backward of "
                        "`batch_size` prompts; ~11 s on 2 cores for SmolLM2-135M).")
     batch_size: int = Field(8, gt=0)
     max_grad_norm: float = Field(1e-3, gt=0, description="Clip of p's gradient norm (the reference's 1e-3; Adam is "

@@ -37,6 +37,7 @@ from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_rou
 from .domains import Domain, get_domain, other_texts
 from .expert import EXPERTS_DIR, Expert, mix
 from .job import DESIGN_JOB
+from .plot import plot_search
 from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
 from .search import run_search
 from .svf import SVF
@@ -45,6 +46,7 @@ from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, 
 
 VERSION = 1
 CLS_FILE = "experts/_dispatch.safetensors"
+SEARCH_PLOT = "adas_search.png"
 
 
 def domain_score(model, tok, domain: Domain, split: str, n: int, ev) -> float:
@@ -126,7 +128,8 @@ def design_search(folder: Path, parent: str, run_id: str, modes: list[str], n_ex
     ctx.store.discard(internal)
     (folder / ARCHIVE_FILE).write_text(json.dumps({**result, "tasks": tasks, "examples": cfg.search.examples}, indent=1))
     (folder / DESIGN_FILE).write_text(json.dumps(result["chosen"]["design"], indent=1))
-    add_sidecars(folder, [ARCHIVE_FILE, DESIGN_FILE])
+    plot_search(result["archive"], folder / SEARCH_PLOT)
+    add_sidecars(folder, [ARCHIVE_FILE, DESIGN_FILE, SEARCH_PLOT])
     return {"chosen": result["chosen"]["label"], "validation": result["chosen"]["validation"],
             "test": result["chosen"].get("test"), "ranked": result["ranked"],
             "top": [{k: r[k] for k in ("label", "validation", "test") if k in r} for r in
