@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/gguf_export.py
 	$(BIN)/python bench/experts.py
+	$(BIN)/python bench/experts_quick.py
 
 clean:
 	rm -rf .forge
