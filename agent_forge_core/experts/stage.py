@@ -44,7 +44,7 @@ from .svf import SVF
 from .train import train_expert
 from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, evaluate_two_pass
 
-VERSION = 1
+VERSION = 2  # 2: the `other` class, the stop-token fix in REINFORCE
 CLS_FILE = "experts/_dispatch.safetensors"
 SEARCH_PLOT = "adas_search.png"
 
