@@ -28,8 +28,8 @@ import torch
 
 from agent_forge_core.config import load_settings
 from agent_forge_core.evals.suite import standard_error
-from agent_forge_core.experts.dispatch import (ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router,
-                                              pooled_features, prompt_router)
+from agent_forge_core.experts.dispatch import (LinearProbe, dispatch_accuracy, linear_router, pooled_features,
+                                              prompt_router, train_classifier)
 from agent_forge_core.experts.designs import DesignEvaluator
 from agent_forge_core.experts.domains import get_domain, other_texts
 from agent_forge_core.experts.expert import Expert
@@ -132,9 +132,8 @@ def main() -> None:
     phase("dispatch_prompt", lambda: {"accuracy": dispatch_accuracy(prompt_router(model, tok, names), test_q, others)})
 
     def cls_expert():
-        e, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), cfg.train, ev.shots,
-                               cfg.seed + 101, progress=lambda f, m: print(f"  {m}", flush=True))
-        e.domain = "_dispatch"
+        e, hist = train_classifier(model, tok, svf, domains, cfg, ev.shots, cfg.seed + 101,
+                                   progress=lambda f, m: print(f"  {m}", flush=True))
         e.save(folder, svf)
         e = Expert.load(folder / CLS_FILE)
         return {"meta": e.meta, "history": hist,

@@ -49,15 +49,17 @@ class Program:
     ops: tuple[tuple[str, int], ...]  # ("add" | "sub" | "mul", k)
 
 
-def _program(rng: random.Random) -> Program:
+def program(rng: random.Random, start_max: int = 20, steps: tuple[int, int] = (2, 3), add_max: int = 15,
+            mul_max: int = 30) -> Program:
     """Two or three steps from a start in 2..20; subtraction keeps the count positive, multiplication (by 2
-    or 3) only while the count is at most 30."""
-    value = rng.randint(2, 20)
+    or 3) only while the count is at most 30. The bounds are parameters for the loop's graded generators; these
+    defaults are the arithmetic task's."""
+    value = rng.randint(2, start_max)
     start, ops = value, []
-    for _ in range(rng.randint(2, 3)):
-        op = rng.choice(["add", "sub", "mul"] if value <= 30 else ["add", "sub"])
+    for _ in range(rng.randint(*steps)):
+        op = rng.choice(["add", "sub", "mul"] if value <= mul_max else ["add", "sub"])
         if op == "add":
-            k = rng.randint(2, 15)
+            k = rng.randint(2, add_max)
             value += k
         elif op == "sub":
             k = rng.randint(1, max(1, value - 1))
@@ -146,9 +148,9 @@ def _a_bus(rng, p):
         "mul": lambda k: f"Then there are {k} times as many passengers."}, "How many passengers are on the bus now?")
 
 
-def _arithmetic_family(render) -> Callable[[random.Random], Example]:
+def arithmetic_family(render, program: Callable[[random.Random], Program] = program) -> Callable[[random.Random], Example]:
     def make(rng: random.Random) -> Example:
-        p = _program(rng)
+        p = program(rng)
         target, value = _worked(p)
         return Example(render(rng, p), target, str(value))
 
@@ -157,11 +159,11 @@ def _arithmetic_family(render) -> Callable[[random.Random], Example]:
 
 # --- recall ----------------------------------------------------------------------------------------------
 
-def _recall_family(render) -> Callable[[random.Random], Example]:
+def recall_family(render, records: tuple[int, int] = (4, 6)) -> Callable[[random.Random], Example]:
     """In-context key-value recall: 4-6 records, then a query for one key; the target is its value."""
 
     def make(rng: random.Random) -> Example:
-        keys = rng.sample(_WORDS, rng.randint(4, 6))
+        keys = rng.sample(_WORDS, rng.randint(*records))
         vals = [rng.randint(10, 99) for _ in keys]
         q = rng.randrange(len(keys))
         return Example(render(list(zip(keys, vals)), keys[q]), f" {vals[q]}", str(vals[q]))
@@ -279,12 +281,12 @@ _REQUEST = Phrasing(
 
 # --- checkers ----------------------------------------------------------------------------------------------
 
-def _check_arithmetic(completion: str, ex: Example) -> bool:
+def check_arithmetic(completion: str, ex: Example) -> bool:
     m = re.search(r"Answer:\s*(-?\d+)", first_line(completion))
     return bool(m) and m.group(1) == ex.answer
 
 
-def _check_first_int(completion: str, ex: Example) -> bool:
+def check_first_int(completion: str, ex: Example) -> bool:
     m = re.search(r"-?\d+", first_line(completion))
     return bool(m) and m.group(0) == ex.answer
 
@@ -299,17 +301,22 @@ def _families(kind: Callable, table: list[tuple[str, str, object]]) -> tuple[Fam
     return tuple(Family(name, split, kind(render)) for name, split, render in table)
 
 
+# (family, split, renderer): public so that other generators (the loop's difficulty-graded ones) reuse the
+# wordings and splits without changing these tasks' examples
+ARITHMETIC_RENDERERS = [
+    ("items", "train", _a_items), ("shop", "train", _a_shop), ("question_first", "train", _a_question_first),
+    ("log", "train", _a_log), ("game", "validation", _a_game), ("tank", "validation", _a_tank),
+    ("bank", "test", _a_bank), ("bus", "test", _a_bus),
+]
+RECALL_RENDERERS = [
+    ("records", "train", _r_records), ("colon", "train", _r_colon), ("sentences", "train", _r_sentences),
+    ("query_first", "train", _r_query_first), ("json", "validation", _r_json), ("lockers", "validation", _r_lockers),
+    ("prices", "test", _r_prices), ("table", "test", _r_table),
+]
+
 BUILTIN = {
-    "arithmetic": Task("arithmetic", _families(_arithmetic_family, [
-        ("items", "train", _a_items), ("shop", "train", _a_shop), ("question_first", "train", _a_question_first),
-        ("log", "train", _a_log), ("game", "validation", _a_game), ("tank", "validation", _a_tank),
-        ("bank", "test", _a_bank), ("bus", "test", _a_bus),
-    ]), _check_arithmetic),
-    "recall": Task("recall", _families(_recall_family, [
-        ("records", "train", _r_records), ("colon", "train", _r_colon), ("sentences", "train", _r_sentences),
-        ("query_first", "train", _r_query_first), ("json", "validation", _r_json), ("lockers", "validation", _r_lockers),
-        ("prices", "test", _r_prices), ("table", "test", _r_table),
-    ]), _check_first_int),
+    "arithmetic": Task("arithmetic", _families(arithmetic_family, ARITHMETIC_RENDERERS), check_arithmetic),
+    "recall": Task("recall", _families(recall_family, RECALL_RENDERERS), check_first_int),
     "instruction": Task("instruction", _families(_instruction_family, [
         ("imperative", "train", _IMPERATIVE), ("polite", "train", _POLITE), ("terse", "train", _TERSE),
         ("question", "validation", _QUESTION), ("spec", "validation", _SPEC),

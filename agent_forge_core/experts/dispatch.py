@@ -25,7 +25,8 @@ import torch
 from ..evals.tasks import Example
 from .domains import Domain
 from .svf import SVF
-from .train import pack, sequence_logprobs
+from .expert import Expert
+from .train import pack, sequence_logprobs, train_expert
 
 CLASSIFY_CHARS = 400  # the end of a long prompt (few-shot blocks come first) is where its own question is
 OTHER = "base"  # the choice for a prompt of none of the domains: the base weights
@@ -147,6 +148,18 @@ class ClassifyDomain:
     @staticmethod
     def check(completion: str, ex: Example) -> bool:
         return completion.strip().split(" ")[0].strip(".,") == ex.answer
+
+
+def train_classifier(model, tok, svf: SVF, domains: list[Domain], cfg, shots: int, seed: int,
+                     progress: Callable[[float, str], None] | None = None) -> tuple[Expert, list[dict]]:
+    """The classification expert (`cls_expert`): an SVF expert on `ClassifyDomain`'s "prompt → label" rows,
+    trained with `cfg.cls_objective`. nll minimises −log p(label | classify prompt), the very score the router
+    takes the argmax of, so it is the classifier's cross-entropy; reinforce (the reference's) only reweights the
+    greedy label's likelihood by ±1, and with one label per batch mostly right it drifts to that label."""
+    train = cfg.train.model_copy(update={"objective": cfg.cls_objective})
+    e, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), train, shots, seed, progress)
+    e.domain = "_dispatch"
+    return e, hist
 
 
 Router = Callable[[list[str]], list[str]]

@@ -82,6 +82,11 @@ class ExpertsSettings(StageSection):
         "linear", description="How the two-pass runtime picks z' per prompt: prompt (the model names the domain), "
         "cls_expert (an SVF expert trained to name it), linear (logistic regression on the base's pooled hidden "
         "states; not in the paper), cem (one α per task, searched few-shot; needs the task known).")
+    cls_objective: Literal["nll", "reinforce"] = Field(
+        "nll", description="How the classification expert (dispatch cls_expert) learns: nll, the cross-entropy of "
+        "the gold label (the router picks the likeliest label, which is what this trains); reinforce, the "
+        "reference's (on SmolLM2-135M at lr 2e-2 it collapsed onto one label: dispatch accuracy 0.25, "
+        "bench/results/experts.json).")
     dispatch_compare: list[Literal["prompt", "linear"]] = Field(
         default_factory=list, description="Dispatchers measured beside `dispatch` (dispatch accuracy only; `full`: "
         "both).")

@@ -33,7 +33,8 @@ from ..stages.contract import Built, StageContext, StageSpec
 from ..store import Manifest
 from .cem import cem
 from .designs import Design
-from .dispatch import ClassifyDomain, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router
+from .dispatch import (LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router,
+                       train_classifier)
 from .domains import Domain, get_domain, other_texts
 from .expert import EXPERTS_DIR, Expert, mix
 from .job import DESIGN_JOB
@@ -212,9 +213,8 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
         dispatcher["accuracy"]["prompt"] = dispatch_accuracy(prompt_router(model, tok, names), test_q, others)
     info: dict = {}
     if cfg.dispatch == "cls_expert":
-        cls, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), cfg.train, ev.shots,
-                                 cfg.seed + 101, progress=lambda f, m: ctx.progress(0.85, f"experts: cls {m}"))
-        cls.domain = "_dispatch"
+        cls, hist = train_classifier(model, tok, svf, domains, cfg, ev.shots, cfg.seed + 101,
+                                     progress=lambda f, m: ctx.progress(0.85, f"experts: cls {m}"))
         cls = Expert.load(folder / cls.save(folder, svf))
         files_cls = [CLS_FILE]
         dispatcher["cls_expert"] = CLS_FILE
