@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/gguf_export.py
 	$(BIN)/python bench/experts.py
+	$(BIN)/python bench/experts_dispatch.py
+	$(BIN)/python bench/grokfast_toy.py
 	$(BIN)/python bench/experts_quick.py
 
 clean:
