@@ -153,8 +153,9 @@ class ClassifyDomain:
 def train_classifier(model, tok, svf: SVF, domains: list[Domain], cfg, shots: int, seed: int,
                      progress: Callable[[float, str], None] | None = None) -> tuple[Expert, list[dict]]:
     """The classification expert (`cls_expert`): an SVF expert on `ClassifyDomain`'s "prompt → label" rows,
-    trained with `cfg.cls_objective`. nll minimises −log p(label | classify prompt), the very score the router
-    takes the argmax of, so it is the classifier's cross-entropy; reinforce (the reference's) only reweights the
+    trained with `cfg.cls_objective`. nll minimises −log p(" label" | classify prompt), whose first token's
+    log-probability is the score the router takes the argmax of (the whole label's where first tokens collide),
+    so it is the classifier's cross-entropy; reinforce (the reference's) only reweights the
     greedy label's likelihood by ±1, and with one label per batch mostly right it drifts to that label."""
     train = cfg.train.model_copy(update={"objective": cfg.cls_objective})
     e, hist = train_expert(model, tok, svf, ClassifyDomain(domains, cfg.dispatch_train), train, shots, seed, progress)
