@@ -170,3 +170,16 @@ def test_auroc_and_polyak_against_their_closed_forms():
     assert torch.equal(avg.avg["p"], torch.tensor([5.0, 5.5]))  # ((0·.5 + 4·.5)·.5 + 8·.5, (2·.5 + 4·.5)·.5 + 8·.5)
     avg.swap([("p", p)])
     assert torch.equal(p.detach(), torch.tensor([5.0, 5.5])) and torch.equal(avg.avg["p"], torch.tensor([8.0, 8.0]))
+
+
+def test_calibration_recovers_a_known_difficulty_curve_and_its_target_level():
+    from agent_forge_core.loop.calibration import calibrate, fit_logistic
+
+    truth = lambda d: 1 / (1 + math.exp(1.2 * (d - 3.0)))  # noqa: E731  m 3.0, s 1.2
+    m, s = fit_logistic([1, 2, 3, 4, 5], [truth(d) for d in (1, 2, 3, 4, 5)])
+    assert abs(m - 3.0) < 1e-6 and abs(s - 1.2) < 1e-6
+    rng = random.Random(0)
+    row = calibrate(lambda d: sum(rng.random() < truth(d) for _ in range(256)) / 256, [1, 2, 3, 4, 5], 0.85, 256)
+    assert abs(row["d_star"] - (3.0 - math.log(0.85 / 0.15) / 1.2)) < 0.25, row  # d* = 1.554
+    flat = calibrate(lambda d: 0.0, [1, 2, 3], 0.85, 64)
+    assert flat["d_star"] == 1.0 and "does not fall" in flat["fit_error"]
