@@ -63,8 +63,11 @@ def test_the_step_verifier_rejects_a_false_step_and_a_broken_chain_and_accepts_t
     assert verify_steps(" 12 + 5 = 17. 17 * 2 = 34. Answer: 34")
     assert not verify_steps(" 12 + 5 = 17. 16 * 2 = 32. Answer: 32")  # true steps, but not from 17
     assert not verify_steps(" 12 + 5 = 17.", start=11) and not verify_steps(" Answer: 34")
+    unparsed_last = " 12 + 5 = 17. 17 × 2 = 34. Answer: 34"  # an operator the task never writes
+    assert verify_steps(unparsed_last) and not verify_steps(unparsed_last, start=12, answer=34)
+    assert not verify_steps(" 12 × 2 = 24. 24 + 1 = 25. Answer: 25", start=12, answer=25)
     for ex in get_task("arithmetic").examples("train", 64, seed=3):
-        assert verify_steps(ex.target), ex.target
+        assert verify_steps(ex.target, answer=int(ex.answer)), ex.target
 
 
 def test_gradient_noise_follows_its_schedule_and_replays_from_its_generator():
@@ -89,16 +92,25 @@ def test_the_noise_controller_brings_a_simulated_flip_rate_into_its_band():
         assert 1e-5 <= 0.03 * math.sqrt(c.eta) <= 1e-4, (start, c.eta)
 
 
-def test_flip_rate_counts_changed_codes_and_the_lyapunov_proxy_sees_a_scaled_model(tiny_model_dir):
+def test_flip_rate_counts_changed_codes_and_the_lyapunov_proxy_reads_zero_for_identity_blocks(tiny_model_dir):
     from agent_forge_core.model_io import load_model
 
     a = {"x": torch.tensor([1, 0, -1, 1], dtype=torch.int8), "y": torch.zeros(6, dtype=torch.int8)}
     b = {"x": torch.tensor([1, 1, -1, 0], dtype=torch.int8), "y": torch.zeros(6, dtype=torch.int8)}
     assert flip_rate(a, a) == 0 and flip_rate(a, b) == 2 / 10
     model, _ = load_model(str(tiny_model_dir))
+    model.eval()
     ids = torch.arange(1, 17)[None]
-    lam = lyapunov_proxy(model.eval(), ids)
-    assert math.isfinite(lam) and lam == lyapunov_proxy(model, ids)  # same direction seed: deterministic
+    lam = lyapunov_proxy(model, ids)
+    # a linearisation: the same growth for a 10x smaller perturbation
+    assert math.isfinite(lam) and abs(lam - lyapunov_proxy(model, ids, eps=1e-4)) < 1e-3
+    with torch.no_grad():  # blocks that add nothing: the residual stream carries e through unchanged
+        for n, p in model.named_parameters():
+            if n.endswith(("down_proj.weight", "o_proj.weight")):
+                p.zero_()
+    zero = lyapunov_proxy(model, ids)
+    # -0.003 measured (the final norm drops the perturbation's radial part); the tiny model as built: -0.026
+    assert abs(zero) < 0.01 and abs(lam - zero) > 0.015, (lam, zero)
 
 
 def test_graded_generators_grow_with_their_level_and_leave_the_eval_s_examples_as_they_were():
@@ -112,7 +124,7 @@ def test_graded_generators_grow_with_their_level_and_leave_the_eval_s_examples_a
         assert hashlib.sha256(repr(get_task(task).examples(split, 64, seed=0)).encode()).hexdigest()[:16] == h
     for level in (1, 3, 5):
         rows = graded_task("arithmetic", level).examples("train", 32, seed=0)
-        assert all(len(steps(ex.target)) == level and verify_steps(ex.target) for ex in rows)
+        assert all(len(steps(ex.target)) == level and verify_steps(ex.target, answer=int(ex.answer)) for ex in rows)
         assert all(get_task("arithmetic").check(ex.target, ex) for ex in rows)
         for ex in graded_task("recall", level).examples("train", 16, seed=0):  # each record holds one value 10..99
             assert 2 * level + 1 <= len(re.findall(r"\b\d\d\b", ex.prompt)) <= 2 * level + 3, ex.prompt

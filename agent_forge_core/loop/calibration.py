@@ -5,7 +5,7 @@ where the fit crosses the curriculum's target — the curriculum's starting diff
     d*     = m − ln(a* / (1 − a*)) / s
 
 fitted by least squares on the logit of the measured accuracies (each clipped to [ε, 1 − ε], weighted by the
-binomial information n·acc·(1 − acc) so that levels measured at 0 or 1 count little).
+binomial information acc·(1 − acc), the same n at every level, so that levels measured at 0 or 1 count little).
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import math
 from typing import Callable
 
 
-def fit_logistic(levels: list[float], accuracies: list[float], n: int = 1, eps: float = 0.02) -> tuple[float, float]:
+def fit_logistic(levels: list[float], accuracies: list[float], eps: float = 0.02) -> tuple[float, float]:
     """(m, s) of acc(d) = 1/(1 + e^{s(d − m)})."""
     xs, ys, ws = [], [], []
     for d, a in zip(levels, accuracies):
         a = min(1 - eps, max(eps, a))
         xs.append(d)
         ys.append(math.log(a / (1 - a)))  # logit(acc) = −s·d + s·m
-        ws.append(n * a * (1 - a))
+        ws.append(a * (1 - a))
     sw = sum(ws)
     mx, my = sum(w * x for w, x in zip(ws, xs)) / sw, sum(w * y for w, y in zip(ws, ys)) / sw
     sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
@@ -41,7 +41,7 @@ def calibrate(accuracy_at: Callable[[int], float], levels: list[int], target: fl
     accs = [accuracy_at(d) for d in levels]
     row = {"levels": levels, "accuracy": accs, "n_per_level": n}
     try:
-        m, s = fit_logistic(levels, accs, n)
+        m, s = fit_logistic(levels, accs)
         row.update(m=m, s=s, d_star=target_level(m, s, target, min(levels), max(levels)))
     except ValueError as e:  # flat accuracies: start at the easiest level and let the controller move
         row.update(d_star=float(min(levels)), fit_error=str(e))

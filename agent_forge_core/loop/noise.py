@@ -73,15 +73,20 @@ def flip_rate(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -
 
 @torch.no_grad()
 def lyapunov_proxy(model, input_ids: torch.Tensor, eps: float = 1e-3, seed: int = 0) -> float:
-    """λ_d = (1/L)·log(‖h_L(e + ε·v) − h_L(e)‖ / ε), v a random unit direction per position in embedding space;
-    h_L the last hidden state, L the number of layers. Near 0: a perturbation neither grows nor decays per layer
-    on average (the edge of chaos in the signal-propagation sense); > 0: it grows."""
-    emb = model.get_input_embeddings()(input_ids)
+    """λ_d = (1/L)·mean_positions log( (‖δh_L‖ / ‖h_L‖) / (‖δe‖ / ‖e‖) ): the growth per layer of a small
+    relative perturbation δe = ε·‖e‖·v of each position's input embedding e (v a random unit direction) as seen
+    at the last hidden state h_L; L the number of layers. Relative on both ends because h_L comes out of the
+    final norm, which rescales it: an absolute ratio would measure that norm's gain, not the depth dynamics (on
+    the tiny model with its blocks zeroed an absolute ratio read 1.96 per layer; the relative one reads ~0).
+    Near 0: a perturbation neither grows nor decays per layer on average (the edge of chaos in the
+    signal-propagation sense); > 0: it grows."""
+    emb = model.get_input_embeddings()(input_ids).float()
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(emb.shape, generator=g, dtype=torch.float32).to(emb)
+    v = torch.randn(emb.shape, generator=g, dtype=torch.float32)
     v = v / v.norm(dim=-1, keepdim=True)
-    h0 = model(inputs_embeds=emb, output_hidden_states=True).hidden_states[-1].float()
-    h1 = model(inputs_embeds=emb + eps * v, output_hidden_states=True).hidden_states[-1].float()
-    layers = model.config.num_hidden_layers
-    ratio = (h1 - h0).norm(dim=-1) / eps  # per position: ‖δh_L‖ / ‖ε v‖ (‖v‖ = 1)
-    return float(ratio.clamp(min=1e-12).log().mean()) / layers
+    delta = eps * emb.norm(dim=-1, keepdim=True) * v
+    dtype = model.get_input_embeddings().weight.dtype
+    h0 = model(inputs_embeds=emb.to(dtype), output_hidden_states=True).hidden_states[-1].float()
+    h1 = model(inputs_embeds=(emb + delta).to(dtype), output_hidden_states=True).hidden_states[-1].float()
+    growth = ((h1 - h0).norm(dim=-1) / h0.norm(dim=-1).clamp(min=1e-12)) / eps  # per position
+    return float(growth.clamp(min=1e-12).log().mean()) / model.config.num_hidden_layers
