@@ -195,3 +195,25 @@ def test_calibration_recovers_a_known_difficulty_curve_and_its_target_level():
     assert abs(row["d_star"] - (3.0 - math.log(0.85 / 0.15) / 1.2)) < 0.25, row  # d* = 1.554
     flat = calibrate(lambda d: 0.0, [1, 2, 3], 0.85, 64)
     assert flat["d_star"] == 1.0 and "does not fall" in flat["fit_error"]
+
+
+def test_the_self_model_head_starts_at_the_least_squares_fit_and_its_loss_is_relative():
+    from agent_forge_core.loop.selfmodel import SelfModelHeads
+
+    g = torch.Generator().manual_seed(0)
+    hidden, layers = 8, 4
+    w, b = torch.randn(hidden, hidden, generator=g), torch.randn(hidden, generator=g)
+
+    def states(n):  # the middle state is a planted linear map of the last one, at a large scale
+        last = torch.randn(1, n, hidden, generator=g)
+        mid = 100 * (last @ w + b)
+        return tuple([mid] * (layers // 2) + [mid] + [last] * (layers - layers // 2))
+
+    heads = SelfModelHeads(hidden, layers, weight=1.0, confidence_weight=0.0)
+    fit, held_out = states(64), states(32)
+    mask = torch.ones(1, 32)
+    before = heads(held_out, torch.zeros(1, 32), mask)[1]["self_mse"]
+    heads.fit_predictor(fit, torch.ones(1, 64), ridge=1e-9)
+    after = heads(held_out, torch.zeros(1, 32), mask)[1]["self_mse"]
+    assert 0.1 < before < 10  # relative to the target's mean square (1e4 here), not in its units
+    assert after < 1e-6  # the planted map, recovered on positions it was not fitted on

@@ -80,9 +80,12 @@ def suppress(logits: torch.Tensor, ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                    temperature: float = 0.0, generator: torch.Generator | None = None) -> list[str]:
     """Greedy completions, stopped per sequence at the first newline (answers are one line). Tokens the
-    model's generation config suppresses (e.g. Quiet-STaR's thought tokens) are never emitted."""
+    model's generation config suppresses (e.g. Quiet-STaR's thought tokens) are never emitted. With
+    `temperature` > 0, each token is sampled from softmax(logits / temperature) instead (drawn on the CPU from
+    `generator`, so a seeded run samples the same text)."""
     newline = newline_ids(tokenizer).to(model.device)
     banned = suppressed_ids(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -105,7 +108,12 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         for _ in range(max_new_tokens):
             res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True)
             past = res.past_key_values
-            nxt = suppress(res.logits[:, -1], banned).argmax(-1)
+            logits = suppress(res.logits[:, -1], banned)
+            if temperature > 0:
+                probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+            else:
+                nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             generated.append(nxt)
             done |= torch.isin(nxt, newline) | (nxt == eos_id)

@@ -20,6 +20,7 @@ from ..evomerge.stage import SPEC as evomerge
 from ..experts.stage import SPEC as experts
 from ..fanout import Job
 from ..importer.stage import SPEC as importer
+from ..loop.stage import SPEC as loop
 from ..quietstar.stage import SPEC as quietstar
 from .contract import StageSpec
 
@@ -29,7 +30,7 @@ PIPELINE: tuple[StageSpec | str, ...] = (
     evomerge,
     quietstar,
     bitnet,
-    "loop",
+    loop,
     baking,
     experts,
     compression,

@@ -6,24 +6,29 @@ from typing import Iterator
 
 import torch
 
+from ..evals.task_types import Task
 from ..evals.tasks import get_task, with_shots
 from ..evals.text import natural_text
 from .focuses import FOCUSES
 
 
-def task_sequences(tokenizer, task_name: str, n: int, shots: int, seed: int, max_len: int, data=None):
+def task_sequences(tokenizer, task_name: str | Task, n: int, shots: int, seed: int, max_len: int, data=None):
     """(input_ids, labels) with labels = -100 on the prompt: the model learns the completion only.
-    Prompts use the same few-shot format as the eval suite, drawn from the train split."""
-    task = get_task(task_name, data)
-    out = []
-    for prompt, ex in with_shots(task, "train", n, shots, seed):
-        p = tokenizer(prompt, add_special_tokens=False).input_ids
-        full = tokenizer(prompt + ex.target + "\n", add_special_tokens=False).input_ids
-        if len(full) > max_len:  # keep the end: the target must survive truncation
-            cut = len(full) - max_len
-            full, p = full[cut:], p[cut:]
-        out.append((full, [-100] * len(p) + full[len(p):]))
-    return out
+    Prompts use the same few-shot format as the eval suite, drawn from the train split. `task_name` may be a
+    Task itself (the loop's graded generators)."""
+    task = get_task(task_name, data) if isinstance(task_name, str) else task_name
+    return [sft_pair(tokenizer, prompt, ex.target, max_len) for prompt, ex in with_shots(task, "train", n, shots, seed)]
+
+
+def sft_pair(tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
+    """One (input_ids, labels) pair: the completion (and its newline) learned, the prompt masked; cut from the
+    left when too long, so the completion survives."""
+    p = tokenizer(prompt, add_special_tokens=False).input_ids
+    full = tokenizer(prompt + completion + "\n", add_special_tokens=False).input_ids
+    if len(full) > max_len:  # keep the end: the target must survive truncation
+        cut = len(full) - max_len
+        full, p = full[cut:], p[cut:]
+    return full, [-100] * len(p) + full[len(p):]
 
 
 def text_sequences(tokenizer, max_len: int, n: int, seed: int):

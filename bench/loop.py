@@ -1,0 +1,175 @@
+"""Benchmark: the 10-phase loop (issue 15) on the default model, each arm against a matched-compute control.
+
+Inputs: the float model (the imported SmolLM2-135M-Instruct; `--float-input evomerge` would need the cognates and
+EvoMerge first) and its BitNet b1.58 checkpoint (the bitnet stage's quick profile). Arms, all with the loop's quick
+profile (same phases, steps, batches and seeds):
+- float: loop (every mechanism on) vs control (every mechanism off: plain training on the mixed train splits in
+  place of Grokfast, curriculum, noise, dreams, reflection, self-model and Polyak; calibration still measures);
+- bitnet: loop with distillation vs control with distillation (the mechanisms' effect), and control without
+  distillation (plain QAT continuation: distillation's effect, control vs control). The 2×2's fourth cell (loop
+  without distillation) is not run: its budget goes to the ≥128-example test evaluations.
+Per phase: steps, wall time, training loss, the mechanism's signal, validation metrics and score, and the delta
+against the control arm at the same phase. Per arm: the test split with `--test-examples` per task (the runner's
+evaluation of the output). Writes bench/results/loop.json and the loop arms' per-phase plots.
+
+Usage: python bench/loop.py [--inputs float,bitnet] [--test-examples 128] [--set section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from agent_forge_core.config import load_settings
+from agent_forge_core.context import make_context
+from agent_forge_core.evals.suite import difference_noise
+from agent_forge_core.loop.settings import default_phases
+from agent_forge_core.loop.stage import HISTORY_FILE, PLOT_FILE
+from agent_forge_core.stages.runner import run_stage_on
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction")
+MECHANISMS_OFF = {"grokfast": False, "curriculum": False, "noise": "off", "self_model": False, "polyak": False}
+
+
+def control_phases() -> list[dict]:
+    """The default phases with every mechanism off; dream and reflection become plain training for as many steps."""
+    out = []
+    for p in default_phases():
+        row = {**p.identity(), **MECHANISMS_OFF}
+        if p.kind in ("dream", "reflect"):
+            row["kind"] = "train"
+        out.append(row)
+    return out
+
+
+def arm(name: str, parent: str, common: list[str], extra: list[str]) -> dict:
+    s = load_settings(overrides=[*common, *extra])
+    ctx = make_context(s)
+    t0 = time.time()
+    res = run_stage_on("loop", [parent], ctx)
+    (key,) = res.outputs
+    info = res.info[key]
+    history = json.loads((ctx.store.get(key) / HISTORY_FILE).read_text())
+    shutil.copy(ctx.store.get(key) / PLOT_FILE, RESULTS / f"loop_{name}.png")
+    return {"key": key, "test": {m: res.metrics[key].get(m) for m in res.metrics[key]}, "phases": info["phases"],
+            "rollbacks": info["rollbacks"], "loop_wall_s": info["wall_s"], "wall_s_incl_test_eval": time.time() - t0,
+            "teacher": info.get("teacher"), "history": [_lean(r) for r in history]}
+
+
+def _lean(r: dict) -> dict:
+    """A history row without its per-step records (kept: the phase's summary, signals and validation)."""
+    return {k: v for k, v in r.items() if k != "steps"}
+
+
+def deltas(a: dict, control: dict) -> list[dict]:
+    out = []
+    for ra, rc in zip(a["history"], control["history"]):
+        out.append({"phase": ra["name"], "score": ra["score"] - rc["score"],
+                    **{m: ra["metrics"][m] - rc["metrics"][m] for m in METRICS if m in ra["metrics"]}})
+    return out
+
+
+def test_deltas(a: dict, b: dict) -> dict:
+    """Test-split differences a − b: accuracies with two standard errors of the difference (below it: noise),
+    perplexities as a ratio."""
+    out = {}
+    for m in METRICS:
+        if m.startswith("perplexity"):
+            out[m] = {"ratio": a[m] / b[m]}
+        else:
+            d, noise = a[m] - b[m], difference_noise(a[f"{m}_se"], b[f"{m}_se"])
+            out[m] = {"delta": d, "noise_2se": noise, "verdict": "noise" if abs(d) < noise else "significant"}
+    return out
+
+
+def add_test_deltas(out: dict) -> None:
+    pairs = {"loop_vs_control": ("loop", "control"), "distill_vs_plain": ("control", "control_no_distill")}
+    for r in out["inputs"].values():
+        r["test_deltas"] = {name: test_deltas(r[a]["test"], r[b]["test"]) for name, (a, b) in pairs.items()
+                            if a in r and b in r}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inputs", default="float,bitnet")
+    ap.add_argument("--test-examples", type=int, default=128)
+    ap.add_argument("--root", default=".forge/bench-loop", help="store and work dir (kept: a rerun reuses outputs)")
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--report", action="store_true", help="only print (and complete) bench/results/loop.json")
+    args = ap.parse_args()
+    if args.report:
+        out = json.loads((RESULTS / "loop.json").read_text())
+        add_test_deltas(out)
+        _write(out)
+        _report(out)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    RESULTS.mkdir(exist_ok=True)
+    root = Path(args.root).resolve()
+    # gates off: the benchmark reports the numbers whatever they are
+    common = [f"store.url={root}/store", f"work_dir={root}/work", f"store.cache_dir={root}/cache",
+              "cognate.enabled=false", "evomerge.enabled=false", f"eval.n_examples={args.test_examples}",
+              "loop.enabled=true", "loop.gates={}", "bitnet.gates={}", "bitnet.measure_ptq=false", *args.overrides]
+    ctx = make_context(load_settings(overrides=common))
+    t0 = time.time()
+    base = run_stage_on("import", [], ctx)
+    (base_key,) = base.outputs
+    out: dict = {"test_examples": args.test_examples, "inputs": {}}
+    control = [f"loop.phases={json.dumps(control_phases())}"]
+    control_no_distill = [f"loop.phases={json.dumps([{**p, 'distill': False} for p in control_phases()])}"]
+    if "float" in args.inputs:
+        f = {"input_test": base.metrics[base_key], "import_s": time.time() - t0}
+        f["loop"] = arm("float", base_key, common, [])
+        f["control"] = arm("float_control", base_key, common, control)
+        f["delta_loop_vs_control"] = deltas(f["loop"], f["control"])
+        out["inputs"]["float"] = f
+        _write(out)
+    if "bitnet" in args.inputs:
+        t1 = time.time()
+        bn = run_stage_on("bitnet", [base_key], make_context(load_settings(overrides=[*common, "bitnet.enabled=true"])))
+        (bkey,) = bn.outputs
+        b = {"input_test": bn.metrics[bkey], "float_test": base.metrics[base_key], "bitnet_stage_s": time.time() - t1}
+        b["loop"] = arm("bitnet", bkey, common, ["bitnet.enabled=true"])
+        b["control"] = arm("bitnet_control", bkey, common, ["bitnet.enabled=true", *control])
+        b["control_no_distill"] = arm("bitnet_control_nodistill", bkey, common, ["bitnet.enabled=true",
+                                                                                 *control_no_distill])
+        b["delta_loop_vs_control"] = deltas(b["loop"], b["control"])
+        b["delta_distill_vs_plain"] = deltas(b["control"], b["control_no_distill"])
+        out["inputs"]["bitnet"] = b
+    add_test_deltas(out)
+    _write(out)
+    _report(out)
+
+
+def _write(out: dict) -> None:
+    (RESULTS / "loop.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+def _report(out: dict) -> None:
+    for name, r in out["inputs"].items():
+        print(f"\n== {name} input ==")
+        arms = [a for a in ("loop", "control", "control_no_distill") if a in r]
+        print("test (n=%d)  " % out["test_examples"] + "  ".join(f"{m:>12}" for m in METRICS))
+        rows = [("input", r["input_test"])] + ([("float", r["float_test"])] if "float_test" in r else []) + \
+            [(a, r[a]["test"]) for a in arms]
+        for label, m in rows:
+            print(f"{label:<20}" + "  ".join(f"{m.get(k, float('nan')):>12.4g}" for k in METRICS))
+        for a in arms:
+            print(f"{a}: loop {r[a]['loop_wall_s']:.0f} s, rollbacks {r[a]['rollbacks']}")
+        print("phase deltas, loop - control (validation score):",
+              ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_loop_vs_control"]))
+        for name, d in r.get("test_deltas", {}).items():
+            print(f"test, {name}: " + ", ".join(
+                f"{m} x{v['ratio']:.3f}" if "ratio" in v else f"{m} {v['delta']:+.3f} (2se {v['noise_2se']:.3f}: "
+                f"{v['verdict']})" for m, v in d.items()))
+        if "delta_distill_vs_plain" in r:
+            print("phase deltas, distilled - plain control (validation score):",
+                  ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_distill_vs_plain"]))
+
+
+if __name__ == "__main__":
+    main()
