@@ -12,7 +12,11 @@ Per phase: steps, wall time, training loss, the mechanism's signal, validation m
 against the control arm at the same phase. Per arm: the test split with `--test-examples` per task (the runner's
 evaluation of the output). Writes bench/results/loop.json and the loop arms' per-phase plots.
 
-Usage: python bench/loop.py [--inputs float,bitnet] [--test-examples 128] [--set section.key=value ...]
+Usage: python bench/loop.py [--inputs float,bitnet] [--test-examples 128] [--out loop.json] [--set section.key=value ...]
+On 2 cores, two single-threaded runs side by side finish sooner than one two-threaded run:
+    OMP_NUM_THREADS=1 python bench/loop.py --inputs float --out loop_float.json &
+    OMP_NUM_THREADS=1 python bench/loop.py --inputs bitnet --out loop_bitnet.json; wait
+    python bench/loop.py --merge loop_float.json loop_bitnet.json
 """
 from __future__ import annotations
 
@@ -97,14 +101,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default="float,bitnet")
     ap.add_argument("--test-examples", type=int, default=128)
+    ap.add_argument("--arms", default="loop,control,control_no_distill", help="the bitnet input's arms, in order")
     ap.add_argument("--root", default=".forge/bench-loop", help="store and work dir (kept: a rerun reuses outputs)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--report", action="store_true", help="only print (and complete) bench/results/loop.json")
+    ap.add_argument("--out", default="loop.json", help="results file under bench/results")
+    ap.add_argument("--merge", nargs="+", help="only merge these results files (one input each, e.g. two "
+                    "single-threaded runs side by side) into --out and print the report")
     args = ap.parse_args()
-    if args.report:
-        out = json.loads((RESULTS / "loop.json").read_text())
+    out_file = RESULTS / args.out
+    if args.merge:
+        parts = [json.loads((RESULTS / f).read_text()) for f in args.merge]
+        out = {**parts[0], "inputs": {k: v for p in parts for k, v in p["inputs"].items()}}
         add_test_deltas(out)
-        _write(out)
+        _write(out, out_file)
         _report(out)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -127,26 +136,29 @@ def main() -> None:
         f["control"] = arm("float_control", base_key, common, control)
         f["delta_loop_vs_control"] = deltas(f["loop"], f["control"])
         out["inputs"]["float"] = f
-        _write(out)
+        _write(out, out_file)
     if "bitnet" in args.inputs:
         t1 = time.time()
         bn = run_stage_on("bitnet", [base_key], make_context(load_settings(overrides=[*common, "bitnet.enabled=true"])))
         (bkey,) = bn.outputs
         b = {"input_test": bn.metrics[bkey], "float_test": base.metrics[base_key], "bitnet_stage_s": time.time() - t1}
-        b["loop"] = arm("bitnet", bkey, common, ["bitnet.enabled=true"])
-        b["control"] = arm("bitnet_control", bkey, common, ["bitnet.enabled=true", *control])
-        b["control_no_distill"] = arm("bitnet_control_nodistill", bkey, common, ["bitnet.enabled=true",
-                                                                                 *control_no_distill])
-        b["delta_loop_vs_control"] = deltas(b["loop"], b["control"])
-        b["delta_distill_vs_plain"] = deltas(b["control"], b["control_no_distill"])
+        arms = {"loop": ("bitnet", []), "control": ("bitnet_control", control),
+                "control_no_distill": ("bitnet_control_nodistill", control_no_distill)}
+        for name in args.arms.split(","):  # an arm another process has stored already is reused from the store
+            label, extra = arms[name]
+            b[name] = arm(label, bkey, common, ["bitnet.enabled=true", *extra])
+        if "loop" in b and "control" in b:
+            b["delta_loop_vs_control"] = deltas(b["loop"], b["control"])
+        if "control" in b and "control_no_distill" in b:
+            b["delta_distill_vs_plain"] = deltas(b["control"], b["control_no_distill"])
         out["inputs"]["bitnet"] = b
     add_test_deltas(out)
-    _write(out)
+    _write(out, out_file)
     _report(out)
 
 
-def _write(out: dict) -> None:
-    (RESULTS / "loop.json").write_text(json.dumps(out, indent=1, default=str))
+def _write(out: dict, path: Path) -> None:
+    path.write_text(json.dumps(out, indent=1, default=str))
 
 
 def _report(out: dict) -> None:
@@ -160,8 +172,9 @@ def _report(out: dict) -> None:
             print(f"{label:<20}" + "  ".join(f"{m.get(k, float('nan')):>12.4g}" for k in METRICS))
         for a in arms:
             print(f"{a}: loop {r[a]['loop_wall_s']:.0f} s, rollbacks {r[a]['rollbacks']}")
-        print("phase deltas, loop - control (validation score):",
-              ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_loop_vs_control"]))
+        if "delta_loop_vs_control" in r:
+            print("phase deltas, loop - control (validation score):",
+                  ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_loop_vs_control"]))
         for name, d in r.get("test_deltas", {}).items():
             print(f"test, {name}: " + ", ".join(
                 f"{m} x{v['ratio']:.3f}" if "ratio" in v else f"{m} {v['delta']:+.3f} (2se {v['noise_2se']:.3f}: "

@@ -112,7 +112,7 @@ def train_steps(k: int, phase: PhaseSettings, tr: Trainer, state: LoopState, nex
             with torch.no_grad():
                 hs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            output_hidden_states=True).hidden_states
-            heads.fit_predictor(tuple(h[:, :-1] for h in hs), batch["attention_mask"][:, 1:])
+            heads.fit_predictor(tuple(h[:, :-1] for h in hs), batch["labels"][:, 1:] != -100)  # L_self's positions
         loss, rec, (ok, n), pos = batch_loss(model, batch, teacher, cfg.distill, heads)
         loss.backward()
         rec = {"step": state.step, "phase_step": s, "lr": tr.opt.param_groups[0]["lr"], **rec}
