@@ -228,8 +228,9 @@ def _self_training(k: int, phase: PhaseSettings, tr: Trainer, state: LoopState) 
         row.update(steps=[], signals={"yield": 0.0}, note="nothing verified was generated: the phase trained on "
                    "nothing (a no-op)")
         return row
-    replay = mixed_sequences(cfg.data, tr.tok, round(len(pairs) * d.replay_ratio), cfg.max_len, ev.shots, seed, ev.data)
-    stream = given_batches(pairs + replay[: round(len(pairs) * d.replay_ratio)], tr.tok, cfg.batch_size, seed)
+    n_replay = round(len(pairs) * d.replay_ratio)  # mixed_sequences rounds each focus's share up: cut to n
+    replay = mixed_sequences(cfg.data, tr.tok, n_replay, cfg.max_len, ev.shots, seed, ev.data)[:n_replay]
+    stream = given_batches(pairs + replay, tr.tok, cfg.batch_size, seed)
     trained = train_steps(k, phase, tr, state, lambda s, cur: next(stream))
     trained["signals"]["yield"] = row["dream"]["yield"] if phase.kind == "dream" else row["reflect"]["rescued_share"]
     return {**row, **trained}
