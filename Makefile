@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/cognate.py
 	$(BIN)/python bench/bitnet.py
+	$(BIN)/python bench/bitnet_levers.py
 	$(BIN)/python bench/bitnet_speed.py
 	$(BIN)/python bench/evomerge.py
 	$(BIN)/python bench/quietstar.py

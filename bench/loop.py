@@ -1,18 +1,20 @@
 """Benchmark: the 10-phase loop (issue 15) on the default model, each arm against a matched-compute control.
 
-Inputs: the float model (the imported SmolLM2-135M-Instruct; `--float-input evomerge` would need the cognates and
-EvoMerge first) and its BitNet b1.58 checkpoint (the bitnet stage's quick profile). Arms, all with the loop's quick
+Inputs: a float model, either the imported SmolLM2-135M-Instruct (`--float-input import`) or the EvoMerge winner
+of its cognates (`--float-input evomerge`: import, cognate and evomerge with their quick profiles, evaluated at
+`--chain-examples` per task, as `make run` forges them), and the BitNet b1.58 checkpoint of the import (the bitnet
+stage's quick profile). Arms, all with the loop's quick
 profile (same phases, steps, batches and seeds):
 - float: loop (every mechanism on) vs control (every mechanism off: plain training on the mixed train splits in
   place of Grokfast, curriculum, noise, dreams, reflection, self-model and Polyak; calibration still measures);
-- bitnet: loop with distillation vs control with distillation (the mechanisms' effect), and control without
-  distillation (plain QAT continuation: distillation's effect, control vs control). The 2×2's fourth cell (loop
-  without distillation) is not run: its budget goes to the ≥128-example test evaluations.
+- bitnet, a 2×2 of mechanisms × distillation (`--arms`, any subset): loop and control with distillation (the
+  mechanisms' effect), control without distillation (plain QAT continuation: distillation's effect, control vs
+  control) and loop without distillation (`loop_no_distill`: both effects again, in the other row and column).
 Per phase: steps, wall time, training loss, the mechanism's signal, validation metrics and score, and the delta
 against the control arm at the same phase. Per arm: the test split with `--test-examples` per task (the runner's
 evaluation of the output). Writes bench/results/loop.json and the loop arms' per-phase plots.
 
-Usage: python bench/loop.py [--inputs float,bitnet] [--test-examples 128] [--out loop.json] [--set section.key=value ...]
+Usage: python bench/loop.py [--inputs float,bitnet] [--float-input import|evomerge] [--test-examples 128] [--out loop.json] [--set section.key=value ...]
 On 2 cores, two single-threaded runs side by side finish sooner than one two-threaded run:
     OMP_NUM_THREADS=1 python bench/loop.py --inputs float --out loop_float.json &
     OMP_NUM_THREADS=1 python bench/loop.py --inputs bitnet --out loop_bitnet.json; wait
@@ -48,6 +50,25 @@ def control_phases() -> list[dict]:
             row["kind"] = "train"
         out.append(row)
     return out
+
+
+def evomerge_winner(common: list[str], examples: int | None) -> tuple[str, dict]:
+    """The float input `make run` forges: import -> cognate -> evomerge, each at its quick profile (its evaluations
+    at `examples` per task; stored in the bench's store beside the import at the test size, under other keys)."""
+    over = [*common, "cognate.enabled=true", "evomerge.enabled=true"]
+    over = [o for o in over if not o.startswith("eval.n_examples=")]
+    if examples:
+        over.append(f"eval.n_examples={examples}")
+    ctx = make_context(load_settings(overrides=over))
+    t0 = time.time()
+    (imp,) = run_stage_on("import", [], ctx).outputs
+    cog = run_stage_on("cognate", [imp], ctx)
+    t1 = time.time()
+    evo = run_stage_on("evomerge", cog.outputs, ctx)
+    (winner,) = evo.outputs
+    return winner, {"import": imp, "cognates": cog.outputs, "winner": winner, "n_examples": ctx.settings.eval.n_examples,
+                    "winner_test": evo.metrics[winner], "cognate_s": t1 - t0, "evomerge_s": time.time() - t1,
+                    "recipe": evo.info[winner].get("recipe")}
 
 
 def arm(name: str, parent: str, common: list[str], extra: list[str]) -> dict:
@@ -90,8 +111,20 @@ def test_deltas(a: dict, b: dict) -> dict:
     return out
 
 
+# name: (arm, the arm it is measured against)
+PAIRS = {"loop_vs_control": ("loop", "control"), "distill_vs_plain": ("control", "control_no_distill"),
+         "loop_distill_vs_plain": ("loop", "loop_no_distill"), "loop_vs_control_plain": ("loop_no_distill",
+                                                                                           "control_no_distill")}
+
+
+def add_phase_deltas(r: dict) -> None:
+    for name, (a, b) in PAIRS.items():
+        if a in r and b in r:
+            r[f"delta_{name}"] = deltas(r[a], r[b])
+
+
 def add_test_deltas(out: dict) -> None:
-    pairs = {"loop_vs_control": ("loop", "control"), "distill_vs_plain": ("control", "control_no_distill")}
+    pairs = PAIRS
     for r in out["inputs"].values():
         r["test_deltas"] = {name: test_deltas(r[a]["test"], r[b]["test"]) for name, (a, b) in pairs.items()
                             if a in r and b in r}
@@ -101,6 +134,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default="float,bitnet")
     ap.add_argument("--test-examples", type=int, default=128)
+    ap.add_argument("--float-input", choices=("import", "evomerge"), default="import")
+    ap.add_argument("--chain-examples", type=int, default=None,
+                    help="eval examples per task of the cognate/evomerge chain (default: the eval section's)")
     ap.add_argument("--arms", default="loop,control,control_no_distill", help="the bitnet input's arms, in order")
     ap.add_argument("--root", default=".forge/bench-loop", help="store and work dir (kept: a rerun reuses outputs)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
@@ -111,7 +147,12 @@ def main() -> None:
     out_file = RESULTS / args.out
     if args.merge:
         parts = [json.loads((RESULTS / f).read_text()) for f in args.merge]
-        out = {**parts[0], "inputs": {k: v for p in parts for k, v in p["inputs"].items()}}
+        out = {**parts[0], "inputs": {}}
+        for part in parts:  # the same input from several runs (arms run side by side): its arms are pooled
+            for k, v in part["inputs"].items():
+                out["inputs"].setdefault(k, {}).update(v)
+        for b in out["inputs"].values():
+            add_phase_deltas(b)
         add_test_deltas(out)
         _write(out, out_file)
         _report(out)
@@ -129,28 +170,32 @@ def main() -> None:
     (base_key,) = base.outputs
     out: dict = {"test_examples": args.test_examples, "inputs": {}}
     control = [f"loop.phases={json.dumps(control_phases())}"]
+    loop_no_distill = [f"loop.phases={json.dumps([{**p.identity(), 'distill': False} for p in default_phases()])}"]
     control_no_distill = [f"loop.phases={json.dumps([{**p, 'distill': False} for p in control_phases()])}"]
     if "float" in args.inputs:
         f = {"input_test": base.metrics[base_key], "import_s": time.time() - t0}
-        f["loop"] = arm("float", base_key, common, [])
-        f["control"] = arm("float_control", base_key, common, control)
-        f["delta_loop_vs_control"] = deltas(f["loop"], f["control"])
-        out["inputs"]["float"] = f
+        parent, label = base_key, "float"
+        if args.float_input == "evomerge":
+            parent, f["chain"] = evomerge_winner(common, args.chain_examples)
+            f["input_test"], label = f["chain"]["winner_test"], "float_evomerge"
+        f["input"] = args.float_input
+        f["loop"] = arm(label, parent, common, [])
+        f["control"] = arm(f"{label}_control", parent, common, control)
+        add_phase_deltas(f)
+        out["inputs"][label] = f
         _write(out, out_file)
     if "bitnet" in args.inputs:
         t1 = time.time()
         bn = run_stage_on("bitnet", [base_key], make_context(load_settings(overrides=[*common, "bitnet.enabled=true"])))
         (bkey,) = bn.outputs
         b = {"input_test": bn.metrics[bkey], "float_test": base.metrics[base_key], "bitnet_stage_s": time.time() - t1}
-        arms = {"loop": ("bitnet", []), "control": ("bitnet_control", control),
+        arms = {"loop": ("bitnet", []), "loop_no_distill": ("bitnet_nodistill", loop_no_distill),
+                "control": ("bitnet_control", control),
                 "control_no_distill": ("bitnet_control_nodistill", control_no_distill)}
         for name in args.arms.split(","):  # an arm another process has stored already is reused from the store
             label, extra = arms[name]
             b[name] = arm(label, bkey, common, ["bitnet.enabled=true", *extra])
-        if "loop" in b and "control" in b:
-            b["delta_loop_vs_control"] = deltas(b["loop"], b["control"])
-        if "control" in b and "control_no_distill" in b:
-            b["delta_distill_vs_plain"] = deltas(b["control"], b["control_no_distill"])
+        add_phase_deltas(b)
         out["inputs"]["bitnet"] = b
     add_test_deltas(out)
     _write(out, out_file)
@@ -164,7 +209,7 @@ def _write(out: dict, path: Path) -> None:
 def _report(out: dict) -> None:
     for name, r in out["inputs"].items():
         print(f"\n== {name} input ==")
-        arms = [a for a in ("loop", "control", "control_no_distill") if a in r]
+        arms = [a for a in ("loop", "loop_no_distill", "control", "control_no_distill") if a in r]
         print("test (n=%d)  " % out["test_examples"] + "  ".join(f"{m:>12}" for m in METRICS))
         rows = [("input", r["input_test"])] + ([("float", r["float_test"])] if "float_test" in r else []) + \
             [(a, r[a]["test"]) for a in arms]
@@ -172,16 +217,14 @@ def _report(out: dict) -> None:
             print(f"{label:<20}" + "  ".join(f"{m.get(k, float('nan')):>12.4g}" for k in METRICS))
         for a in arms:
             print(f"{a}: loop {r[a]['loop_wall_s']:.0f} s, rollbacks {r[a]['rollbacks']}")
-        if "delta_loop_vs_control" in r:
-            print("phase deltas, loop - control (validation score):",
-                  ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_loop_vs_control"]))
+        for name, (a, b) in PAIRS.items():
+            if f"delta_{name}" in r:
+                print(f"phase deltas, {a} - {b} (validation score):",
+                      ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r[f"delta_{name}"]))
         for name, d in r.get("test_deltas", {}).items():
             print(f"test, {name}: " + ", ".join(
                 f"{m} x{v['ratio']:.3f}" if "ratio" in v else f"{m} {v['delta']:+.3f} (2se {v['noise_2se']:.3f}: "
                 f"{v['verdict']})" for m, v in d.items()))
-        if "delta_distill_vs_plain" in r:
-            print("phase deltas, distilled - plain control (validation score):",
-                  ", ".join(f"{d['phase']} {d['score']:+.3f}" for d in r["delta_distill_vs_plain"]))
 
 
 if __name__ == "__main__":

@@ -100,3 +100,68 @@ def test_export_of_a_bitnet_checkpoint_loads_in_plain_transformers(tiny_model_di
     codes, gamma = weight_codes(model.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(w, codes.float() * gamma)  # ternary structure preserved
     assert len(torch.unique(w)) <= 3
+
+
+def test_kl_to_teacher_is_the_hinton_formula():
+    from agent_forge_core.training.distill import kl_to_teacher
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g) * 3
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    T = 2.0
+    pt, ps = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+    per = (pt * (pt.log() - ps.log())).sum(-1)
+    ref = (per * mask).sum() / mask.sum() * T * T
+    assert torch.allclose(kl_to_teacher(s, t, mask, T), ref, atol=1e-6)
+    assert kl_to_teacher(t, t, mask, T) == pytest.approx(0.0, abs=1e-6)
+
+
+def _kl_to_float(ctx, float_key: str, key: str) -> float:
+    """Mean KL(float ‖ ternary) per token on held-out natural text."""
+    from agent_forge_core.evals.text import natural_text
+    from agent_forge_core.training.distill import kl_to_teacher
+
+    teacher, tok = load_model(str(ctx.store.get(float_key)))
+    student, _ = load_model(str(ctx.store.get(key)))
+    ids = tok(natural_text("test")[:4000], return_tensors="pt").input_ids[:, :256]
+    with torch.no_grad():
+        return float(kl_to_teacher(student(ids).logits, teacher(ids).logits, torch.ones_like(ids), 1.0))
+
+
+def test_distilled_qat_ends_closer_to_its_float_model_than_plain_qat(tiny_settings):
+    common = ["cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=24", "bitnet.warmup=4",
+              "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003", "bitnet.measure_ptq=false"]
+    kl = {}
+    for w in (0.0, 1.0):
+        s = tiny_settings(*common, f"bitnet.distill.kl_weight={w}")
+        ctx = make_context(s)
+        (base,) = run_stage_on("import", [], ctx).outputs
+        (key,) = run_stage_on("bitnet", [base], ctx).outputs
+        kl[w] = _kl_to_float(ctx, base, key)
+    assert kl[1.0] < 0.8 * kl[0.0], kl
+
+
+def test_the_token_curve_measures_the_written_model_without_changing_its_training(tiny_settings):
+    from safetensors.torch import load_file
+
+    from agent_forge_core.evals.suite import perplexity
+    from agent_forge_core.evals.text import natural_text
+
+    common = ["cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=8", "bitnet.warmup=4",
+              "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.measure_ptq=false", "bitnet.curve_tokens=512"]
+    out = {}
+    for every in (0, 3):
+        ctx = make_context(tiny_settings(*common, f"bitnet.curve_every={every}"))
+        (base,) = run_stage_on("import", [], ctx).outputs
+        (key,) = run_stage_on("bitnet", [base], ctx).outputs
+        out[every] = (ctx, key)
+    (c0, k0), (c3, k3) = out[0], out[3]
+    a, b = (load_file(str(c.store.get(k) / "model.safetensors")) for c, k in ((c0, k0), (c3, k3)))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)  # measuring moved nothing
+    curve = c3.store.manifest(k3).info["curve"]
+    assert "curve" not in c0.store.manifest(k0).info
+    assert [p["step"] for p in curve] == [0, 3, 6, 8]
+    assert 0 == curve[0]["tokens"] < curve[1]["tokens"] < curve[2]["tokens"] < curve[3]["tokens"]
+    model, tok = load_model(str(c3.store.get(k3)))  # the last point is the packed model's perplexity
+    ref = perplexity(model, tok, natural_text("validation"), 512, c3.settings.eval.ppl_window)
+    assert curve[-1]["perplexity"] == pytest.approx(ref, rel=1e-3)

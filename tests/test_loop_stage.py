@@ -39,6 +39,8 @@ def _loop(s, progress=None):
 
 
 def test_a_deliberately_bad_phase_is_rolled_back(tiny_settings, tmp_path):
+    # noise alone (x100, even x10000) hardly moves the weights: after clipping, AdamW steps about lr per weight
+    # whatever the gradient's scale, so the bad phase is noisy and takes 10000x the lr as well
     s = _settings(tiny_settings, tmp_path, "loop.phases=[{name: adapt, steps: 2}, {name: bad, steps: 4, "
                   "noise: controlled, noise_multiplier: 10000, lr_scale: 10000}]")
     ctx, base, res = _loop(s)

@@ -55,3 +55,7 @@ def bit_layers(model: nn.Module) -> dict[str, BitLinear]:
 def set_lambda(model: nn.Module, lam: float) -> None:
     for m in bit_layers(model).values():
         m.lam.fill_(lam)
+
+
+def current_lambda(model: nn.Module) -> float:
+    return float(next(iter(bit_layers(model).values())).lam)

@@ -5,6 +5,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..architecture import PROJECTIONS
 from ..settings_base import StageSection, known
+from ..training.distill import DistillSettings
 from ..training.focuses import check_focuses
 from .convert import SCHEDULES
 from .packing import FORMATS
@@ -31,6 +32,14 @@ class BitnetSettings(StageSection):
         default_factory=lambda: ["language", "reasoning", "memory", "instruction"], min_length=1,
         description="Training mixture for QAT: focuses (training/focuses.py), the same generators as Cognate, train split.",
     )
+    distill: DistillSettings = Field(
+        default_factory=DistillSettings,
+        description="Knowledge distillation from the float input during QAT (training/distill.py); kl_weight 0: "
+        "plain cross-entropy, no teacher loaded. On by default: x0.68 the test perplexity of plain QAT at the quick "
+        "budget (bench/results/bitnet_levers.json).")
+    curve_every: int = Field(0, ge=0, description="Every this many QAT steps (and after the last) the ternary model's "
+                             "(lambda 1) validation perplexity on curve_tokens tokens: info.curve, the token curve; 0: off.")
+    curve_tokens: int = Field(2048, gt=0)
     measure_ptq: bool = Field(True, description="Also evaluate plain post-training ternarization (no training).")
     seed: int = 0
     gates: dict[str, float] = Field(default_factory=lambda: {"perplexity": 20.0, "perplexity_ood": 20.0})

@@ -3,8 +3,7 @@
     L = w_ce · CE(labels) + w_kl · T² · KL(p_teacher^T ‖ p_student^T) + L_heads
 
 CE over the label positions (the completion of a task example, every token of a text window); the KL term
-(Hinton et al. 2015, knowledge distillation) over every attended position — the teacher's whole next-token
-distribution, the lever for a ternary student at small token budgets — only where a float teacher is given;
+(`training/distill.py`) over every attended position, only where a float teacher is given;
 L_heads the self-model and confidence heads' loss (`selfmodel.py`) when they are on. Without a teacher the loss
 is the plain CE (w_ce is not applied then, so an un-distilled phase trains exactly as the BitNet stage's QAT).
 
@@ -15,6 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..training.distill import kl_to_teacher, teacher_logits
 
 
 def batch_loss(model, batch: dict[str, torch.Tensor], teacher=None, distill=None, heads=None):
@@ -29,13 +30,8 @@ def batch_loss(model, batch: dict[str, torch.Tensor], teacher=None, distill=None
     stats = {"ce": float(ce.detach())}
     loss = ce
     if teacher is not None:
-        with torch.no_grad():
-            t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        T = distill.temperature
-        pos = batch["attention_mask"][:, 1:].bool()
-        kl_tok = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
-                          reduction="none").sum(-1)
-        kl = (kl_tok * pos).sum() / pos.sum().clamp(min=1) * T * T
+        kl = kl_to_teacher(logits, teacher_logits(teacher, batch)[:, :-1], batch["attention_mask"][:, 1:],
+                           distill.temperature)
         stats["kl"] = float(kl.detach())
         loss = distill.ce_weight * ce + distill.kl_weight * kl
     pred = logits.argmax(-1)

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..settings_base import RuntimeSection, Section, StageSection
+from ..training.distill import DistillSettings
 from ..training.focuses import check_focuses
 
 PHASE_KINDS = ("train", "calibrate", "dream", "reflect")
@@ -99,12 +100,6 @@ class SelfModelSettings(Section):
     confidence_weight: float = Field(1.0, ge=0)
     layer: int | None = Field(None, description="Hidden state predicted (default: the middle layer).")
     lr: float = Field(1e-3, gt=0, description="The heads' own learning rate.")
-
-
-class DistillSettings(Section):
-    kl_weight: float = Field(1.0, ge=0, description="Weight of KL(teacher ‖ student) on every text position.")
-    ce_weight: float = Field(1.0, ge=0, description="Weight of the task's cross-entropy.")
-    temperature: float = Field(1.0, gt=0)
 
 
 class LoopRuntime(RuntimeSection):

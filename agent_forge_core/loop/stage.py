@@ -127,7 +127,8 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
     key = keys[""]
     t0 = time.time()
     model, tok, ternary, packing = load_input(Path(ctx.store.get(parent)), ctx)
-    teacher, teacher_key = float_teacher(parent, ctx, ctx.log) if ternary else (None, None)
+    distills = ternary and any(p.distill for p in cfg.phases)
+    teacher, teacher_key = float_teacher(parent, ctx, ctx.log) if distills else (None, None)
     for p in model.parameters():
         p.requires_grad_(True)
     torch.manual_seed(cfg.seed)

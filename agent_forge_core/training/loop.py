@@ -36,9 +36,11 @@ def train(
     progress: Callable[[float, str], None] | None = None,
     before_step: Callable[[int], None] | None = None,
     seed: int = 0,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Trains the parameters of `model` that require grad; `before_step(step)` runs before each step
-    (quantization warm-up schedules hook in there)."""
+    (quantization warm-up schedules hook in there); `loss_fn(model, batch)` replaces the model's own
+    next-token loss (distillation, `training/distill.py`)."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -51,7 +53,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, warmup, lr)
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        loss = model(**batch).loss
+        loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

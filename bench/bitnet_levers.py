@@ -1,0 +1,129 @@
+"""Benchmark: levers for a ternary model worth training on (issue 19, part 3), one at a time against the current
+BitNet recipe, on the default model (SmolLM2-135M-Instruct), same steps, batches and seeds (so the same number of
+training sequences; a lever that changes the data changes which tokens, not how many sequences).
+
+Levers (`--levers`, any subset, in order):
+- baseline: the bitnet stage's quick profile as it was before this benchmark, plain cross-entropy (the recipe every
+  lever is measured against);
+- distill: + KL to the float model's next-token distributions (`bitnet.distill.kl_weight=1`, Hinton et al. 2015;
+  training/distill.py), the lever LLM-QAT and BitNet Distillation report as far more token-efficient; it won
+  (x0.68 test perplexity at 60 steps) and is now the stage's default;
+- natural_text: QAT on natural text only (the pydoc train split, `bitnet.data=[language]`) instead of the mixture;
+- lr_1e-3: peak learning rate 1e-3 instead of 2e-4;
+- no_warmup: quantize from the first step (`bitnet.schedule=none`) instead of the 30-step linear lambda ramp;
+- distill_lr_1e-3: distillation at the higher learning rate (the two levers together).
+Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
+model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
+training tokens seen, `bitnet.curve_every`), first/last training loss and wall time. Ratios are against the
+baseline of the same run. Writes bench/results/bitnet_levers.json and bitnet_levers.png.
+
+Usage: python bench/bitnet_levers.py [--levers baseline,distill,...] [--out bitnet_levers.json] [--set k=v ...]
+On 2 cores two single-threaded processes side by side finish sooner than one two-threaded one (the store is
+shared, a lever another process has stored is reused):
+    OMP_NUM_THREADS=1 python bench/bitnet_levers.py --levers baseline,distill --out levers_a.json &
+    OMP_NUM_THREADS=1 python bench/bitnet_levers.py --levers natural_text,lr_1e-3 --out levers_b.json; wait
+    python bench/bitnet_levers.py --merge levers_a.json levers_b.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from agent_forge_core.config import load_settings
+from agent_forge_core.context import make_context
+from agent_forge_core.stages.runner import run_stage_on
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction")
+LEVERS = {
+    "baseline": ["bitnet.distill.kl_weight=0.0"],
+    "distill": ["bitnet.distill.kl_weight=1.0"],
+    "natural_text": ["bitnet.distill.kl_weight=0.0", "bitnet.data=[language]"],
+    "lr_1e-3": ["bitnet.distill.kl_weight=0.0", "bitnet.lr=1e-3"],
+    "no_warmup": ["bitnet.distill.kl_weight=0.0", "bitnet.schedule=none"],
+    "distill_lr_1e-3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-3"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levers", default=",".join(LEVERS))
+    ap.add_argument("--curve-every", type=int, default=10)
+    ap.add_argument("--root", default=".forge/bench-bitnet", help="store and work dir (kept: a rerun reuses outputs)")
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--out", default="bitnet_levers.json", help="results file under bench/results")
+    ap.add_argument("--merge", nargs="+", help="only merge these results files into --out and print the report")
+    args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((RESULTS / f).read_text()) for f in args.merge]
+        out = {**parts[0], "levers": {k: v for p in parts for k, v in p["levers"].items()}}
+        finish(out, RESULTS / args.out)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    root = Path(args.root).resolve()
+    common = [f"store.url={root}/store", f"work_dir={root}/work", f"store.cache_dir={root}/cache",
+              "cognate.enabled=false", "evomerge.enabled=false", "bitnet.enabled=true", "bitnet.gates={}",
+              "bitnet.measure_ptq=false", f"bitnet.curve_every={args.curve_every}", *args.overrides]
+    ctx = make_context(load_settings(overrides=common))
+    base = run_stage_on("import", [], ctx)
+    (base_key,) = base.outputs
+    out: dict = {"float": base.metrics[base_key], "n_examples": ctx.settings.eval.n_examples, "levers": {}}
+    for name in args.levers.split(","):
+        s = load_settings(overrides=[*common, *LEVERS[name]])
+        t0 = time.time()
+        res = run_stage_on("bitnet", [base_key], make_context(s))
+        (key,) = res.outputs
+        info = res.info[key]
+        out["levers"][name] = {"key": key, "overrides": LEVERS[name], "test": res.metrics[key],
+                               "curve": info.get("curve"), "train": info["train"], "reused": res.reused,
+                               "wall_s_incl_test_eval": time.time() - t0, "config": s.bitnet.identity()}
+        (RESULTS / args.out).write_text(json.dumps(out, indent=1))
+    finish(out, RESULTS / args.out)
+
+
+def finish(out: dict, path: Path) -> None:
+    f = out["float"]
+    base = out["levers"].get("baseline")
+    for r in out["levers"].values():
+        r["ppl_vs_float"] = r["test"]["perplexity"] / f["perplexity"]
+        if base:
+            r["ppl_vs_baseline"] = r["test"]["perplexity"] / base["test"]["perplexity"]
+    path.write_text(json.dumps(out, indent=1))
+    plot(out, path.with_suffix(".png"))
+    print(f"\n{'lever':<18}" + "".join(f"{m:>16}" for m in METRICS) + f"{'x float':>10}{'x baseline':>12}")
+    print(f"{'float':<18}" + "".join(f"{f[m]:>16.4g}" for m in METRICS))
+    for name, r in out["levers"].items():
+        print(f"{name:<18}" + "".join(f"{r['test'][m]:>16.4g}" for m in METRICS)
+              + f"{r['ppl_vs_float']:>10.1f}" + (f"{r['ppl_vs_baseline']:>12.3f}" if base else ""))
+    for name, r in out["levers"].items():
+        if r.get("curve"):
+            print(f"curve {name}: " + ", ".join(f"{p['tokens'] // 1000}k {p['perplexity']:.0f}" for p in r["curve"]
+                                                 if p["step"]))
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in out["levers"].items():
+        pts = [p for p in r.get("curve") or [] if p["step"]]
+        if pts:
+            ax.plot([p["tokens"] for p in pts], [p["perplexity"] for p in pts], marker="o", label=name)
+    ax.axhline(out["float"]["perplexity"], color="k", ls="--", label="float (test)")
+    ax.axhline(2 * out["float"]["perplexity"], color="k", ls=":", label="2x float")
+    ax.set(xlabel="training tokens", ylabel="validation perplexity (ternary)", yscale="log",
+           title="BitNet b1.58 QAT levers, SmolLM2-135M-Instruct")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
