@@ -3,7 +3,8 @@
 Inputs: a float model, either the imported SmolLM2-135M-Instruct (`--float-input import`) or the EvoMerge winner
 of its cognates (`--float-input evomerge`: import, cognate and evomerge with their quick profiles, evaluated at
 `--chain-examples` per task, as `make run` forges them), and the BitNet b1.58 checkpoint of the import (the bitnet
-stage's quick profile). Arms, all with the loop's quick
+stage's quick profile; since that profile distils, the committed BitNet results, measured on the plain-QAT input,
+reproduce with `--set bitnet.distill.kl_weight=0`). Arms, all with the loop's quick
 profile (same phases, steps, batches and seeds):
 - float: loop (every mechanism on) vs control (every mechanism off: plain training on the mixed train splits in
   place of Grokfast, curriculum, noise, dreams, reflection, self-model and Polyak; calibration still measures);
@@ -124,9 +125,8 @@ def add_phase_deltas(r: dict) -> None:
 
 
 def add_test_deltas(out: dict) -> None:
-    pairs = PAIRS
     for r in out["inputs"].values():
-        r["test_deltas"] = {name: test_deltas(r[a]["test"], r[b]["test"]) for name, (a, b) in pairs.items()
+        r["test_deltas"] = {name: test_deltas(r[a]["test"], r[b]["test"]) for name, (a, b) in PAIRS.items()
                             if a in r and b in r}
 
 
