@@ -267,20 +267,24 @@ def test_a_killed_run_leaves_a_server_and_scratch_that_the_next_run_cleans(tiny_
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     sets = [f"model.source={tiny_model_dir}", f"store.url={tmp_path}/store", f"work_dir={tmp_path}/work",
-            *TINY_OVERRIDES, "cognate.steps=400", "cognate.focuses=[memory]"]
+            *TINY_OVERRIDES, "cognate.steps=20000", "cognate.focuses=[memory]"]
     argv = [sys.executable, "-m", "flows.cli", "run", *sum((["--set", o] for o in sets), [])]
-    run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "run.log"
+    run = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
     def servers() -> list[int]:
         return sorted(ephemeral_servers(str(home)))
 
     deadline = time.monotonic() + 240
     try:
-        # Until its server answers (a stage only writes scratch after the run reached the API) and a stage
-        # writes scratch files. Prefect restarts a server that lost a port race, so the pid is read again
-        # right before the kill, and the orphan is taken from what is left after it.
+        # Until its server answers (a stage only writes scratch after the run reached the API) and its scratch
+        # folder exists (from the first stage's save until the process ends; the files in it live for well
+        # under a second, too briefly to poll for). The cognate's 20000 steps keep the run going for minutes.
+        # Prefect restarts a server that lost a port race, so the pid is read again right before the kill,
+        # and the orphan is taken from what is left after it.
         while time.monotonic() < deadline:
-            if servers() and any((tmp_path / "work").glob(f"proc-*-{run.pid}/*")):
+            assert run.poll() is None, f"the run ended before the kill: {log.read_text()[-2000:]}"
+            if servers() and any((tmp_path / "work").glob(f"proc-*-{run.pid}")):
                 break
             time.sleep(0.5)
         assert servers(), "the run never started its ephemeral server"
