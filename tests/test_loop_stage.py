@@ -49,6 +49,7 @@ def test_a_deliberately_bad_phase_is_rolled_back(tiny_settings, tmp_path):
     assert info["rollbacks"] == ["bad"]
     history = json.loads((ctx.store.get(key) / HISTORY_FILE).read_text())
     assert history[2]["score"] < history[1]["score"] - s.loop.tolerance  # it did damage...
+    assert history[2]["gate"]["exact_drop"] > s.loop.tolerance  # in perplexity/NLL, not noise in accuracy
     # ...and the output is the model as it was after phase 1 (the store's phase checkpoints are gone by now)
     out, _ = load_model(str(ctx.store.get(key)))
     assert (ctx.store.get(key) / PLOT_FILE).is_file()

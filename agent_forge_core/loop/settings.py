@@ -129,7 +129,9 @@ class LoopSettings(StageSection):
     val_examples: int = Field(8, gt=0, description="Validation examples per task after every phase.")
     val_ppl_tokens: int = Field(1024, gt=0, description="Validation perplexity tokens after every phase.")
     tolerance: float = Field(0.05, ge=0, description="A phase that lowers the combined validation score by more "
-                             "than this against the best so far is rolled back.")
+                             "than this against the best phase kept so far is rolled back.")
+    gate_z: float = Field(2.0, ge=0, description="The gate counts the accuracy part of a drop only beyond this many "
+                          "standard errors of the difference (loop/gate.py); 0: the plain score drop.")
     score: dict[str, float] = Field(default_factory=dict, description="Weights of the combined score; empty: "
                                     "EvoMerge's fitness (restricted to the evaluated metrics).")
     seed: int = 0

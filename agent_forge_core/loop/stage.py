@@ -4,8 +4,9 @@ self-modelling and stabilisation, each phase a mechanism of its own module (`pha
 Input: a BitNet checkpoint (its latents rebuilt from the packed codes, trained under the STE at λ = 1, written
 back packed) or a float one (written float). A ternary input distils from the nearest float ancestor in its
 lineage (`objective.py`). After every phase: a validation eval (`loop.val_examples` per task, the validation
-split), the combined score (EvoMerge's formula), and the phase gate — a phase that lowers the score by more than
-`loop.tolerance` against the best so far is rolled back (the state before it is restored) and recorded.
+split), the combined score (EvoMerge's formula), and the phase gate (`gate.py`) — a phase that lowers the score by
+more than `loop.tolerance` against the best phase kept so far, counting an accuracy drop only beyond `loop.gate_z`
+standard errors, is rolled back (the state before it is restored) and recorded.
 
 Resume: each phase boundary writes the exact training state to `<work_dir>/loop/<output key>/latest`
 (`state.py`) and publishes the model as the internal checkpoint `<output key>-p<k>`. A rerun continues after the
@@ -31,11 +32,12 @@ from ..model_io import load_model, save_model
 from ..stages.contract import Artifact, Built, StageContext, StageSpec
 from ..store import CheckpointStore, Manifest
 from .phases import Trainer, run_phase
+from .gate import judge, reference_row
 from .plot import plot_phases
 from .settings import LoopSettings
 from .state import LoopState, has_state, load_state, save_state
 
-VERSION = 1
+VERSION = 2  # 2: the noise-aware phase gate
 HISTORY_FILE = "loop_history.json"
 PLOT_FILE = "loop_phases.png"
 
@@ -77,9 +79,12 @@ def validate(tr: Trainer, ctx: StageContext, cfg: LoopSettings) -> tuple[dict, f
     ev = ctx.settings.eval.model_copy(update={"n_examples": cfg.val_examples, "ppl_tokens": cfg.val_ppl_tokens})
     tr.model.eval()
     metrics = evaluate(tr.model, tr.tok, ev, split="validation")
+    return metrics, combined_score(metrics, score_weights(ctx, cfg, metrics))
+
+
+def score_weights(ctx: StageContext, cfg: LoopSettings, metrics: dict) -> dict[str, float]:
     weights = cfg.score or ctx.settings.evomerge.fitness
-    weights = {m: w for m, w in weights.items() if m in metrics}
-    return metrics, combined_score(metrics, weights)
+    return {m: w for m, w in weights.items() if m in metrics}
 
 
 def save_output(model, tok, folder: Path, ternary: bool, packing: str | None) -> dict:
@@ -138,7 +143,7 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
     state = resume(ctx, key, cfg, tr, ternary)
     if state is None:
         metrics, score = validate(tr, ctx, cfg)
-        state = LoopState(best_score=score, history=[{"phase": 0, "name": "input", "metrics": metrics, "score": score}])
+        state = LoopState(history=[{"phase": 0, "name": "input", "metrics": metrics, "score": score}])
     if not has_state(sdir):  # what a rollback of the next phase returns to
         save_state(sdir, state, model, tr.opt, tr.grokfast, tr.noise_gen)
     while state.phase < n:
@@ -164,14 +169,13 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
                 polyak.swap(tr.named)
         row.update(phase=k + 1, name=phase.name, kind=phase.kind, metrics=metrics, score=score,
                    wall_s=time.time() - t1, n_steps=len(row.get("steps", [])))
-        drop = state.best_score - score
-        if drop > cfg.tolerance:
-            row["rolled_back"] = f"validation score {score:.4f} is {drop:.4f} below the best so far " \
-                                 f"({state.best_score:.4f}), over the tolerance {cfg.tolerance}"
+        verdict = judge(reference_row(state.history), metrics, score_weights(ctx, cfg, metrics), cfg.tolerance,
+                        cfg.gate_z)
+        row["gate"] = verdict.as_dict()
+        if verdict.rolled_back:
+            row["rolled_back"] = verdict.describe()
             ctx.log.warning("loop: phase %d (%s) rolled back: %s", k + 1, phase.name, row["rolled_back"])
             state = load_state(sdir, model, tr.opt, tr.grokfast, tr.noise_gen)
-        else:
-            state.best_score = max(state.best_score, score)
         state.history.append(row)
         state.phase = k + 1
         save_state(sdir, state, model, tr.opt, tr.grokfast, tr.noise_gen)

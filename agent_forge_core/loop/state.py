@@ -3,7 +3,7 @@
 Tensors (`state.safetensors`): the model's weights (for a BitNet model the float latents, not the codes: a
 checkpoint of packed codes alone would resume another trajectory), AdamW's moments and step counts, the
 Grokfast EMA μ, the torch RNG state and the noise generator's state. JSON (`state.json`): phases finished,
-the history, the best validation score, the curriculum's and the noise controller's state, the global step,
+the history (validation scores and gate verdicts), the curriculum's and the noise controller's state, the global step,
 AdamW's param groups. Written to a temporary folder and renamed into place, so a kill while saving leaves the
 previous state whole.
 """
@@ -26,7 +26,6 @@ TENSORS, META = "state.safetensors", "state.json"
 class LoopState:
     phase: int = 0  # phases finished: the next to run
     step: int = 0  # optimizer steps over the whole loop (the noise schedule's t)
-    best_score: float | None = None
     history: list[dict] = field(default_factory=list)
     curriculum: dict = field(default_factory=dict)
     noise_eta: float | None = None  # the η the controlled phase ended at (the anneal's start)
