@@ -4,7 +4,7 @@ Inputs: a float model, either the imported SmolLM2-135M-Instruct (`--float-input
 of its cognates (`--float-input evomerge`: import, cognate and evomerge with their quick profiles, evaluated at
 `--chain-examples` per task, as `make run` forges them), and the BitNet b1.58 checkpoint of the import (the bitnet
 stage's quick profile; since that profile distils, the committed BitNet results, measured on the plain-QAT input,
-reproduce with `--set bitnet.distill.kl_weight=0`). Arms, all with the loop's quick
+reproduce with `--set bitnet.distill.kl_weight=0 --set bitnet.lr=2e-4`). Arms, all with the loop's quick
 profile (same phases, steps, batches and seeds):
 - float: loop (every mechanism on) vs control (every mechanism off: plain training on the mixed train splits in
   place of Grokfast, curriculum, noise, dreams, reflection, self-model and Polyak; calibration still measures);
@@ -15,7 +15,7 @@ Per phase: steps, wall time, training loss, the mechanism's signal, validation m
 against the control arm at the same phase. Per arm: the test split with `--test-examples` per task (the runner's
 evaluation of the output). Writes bench/results/loop.json and the loop arms' per-phase plots.
 
-Usage: python bench/loop.py [--inputs float,bitnet] [--float-input import|evomerge] [--test-examples 128] [--out loop.json] [--set section.key=value ...]
+Usage: python bench/loop.py [--inputs float,bitnet] [--float-input import|evomerge] [--float-arms loop,control] [--test-examples 128] [--out loop.json] [--set section.key=value ...]
 On 2 cores, two single-threaded runs side by side finish sooner than one two-threaded run:
     OMP_NUM_THREADS=1 python bench/loop.py --inputs float --out loop_float.json &
     OMP_NUM_THREADS=1 python bench/loop.py --inputs bitnet --out loop_bitnet.json; wait
@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--chain-examples", type=int, default=None,
                     help="eval examples per task of the cognate/evomerge chain (default: the eval section's)")
     ap.add_argument("--arms", default="loop,control,control_no_distill", help="the bitnet input's arms, in order")
+    ap.add_argument("--float-arms", default="loop,control", help="the float input's arms, in order")
     ap.add_argument("--root", default=".forge/bench-loop", help="store and work dir (kept: a rerun reuses outputs)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default="loop.json", help="results file under bench/results")
@@ -179,8 +180,10 @@ def main() -> None:
             parent, f["chain"] = evomerge_winner(common, args.chain_examples)
             f["input_test"], label = f["chain"]["winner_test"], "float_evomerge"
         f["input"] = args.float_input
-        f["loop"] = arm(label, parent, common, [])
-        f["control"] = arm(f"{label}_control", parent, common, control)
+        float_arms = {"loop": (label, []), "control": (f"{label}_control", control)}
+        for name in args.float_arms.split(","):
+            plot_label, extra = float_arms[name]
+            f[name] = arm(plot_label, parent, common, extra)
         add_phase_deltas(f)
         out["inputs"][label] = f
         _write(out, out_file)
