@@ -11,7 +11,8 @@ noise no longer pays for an exact loss either), and rolls back when
     ΔE + shrink(ΔA, b) > tolerance.
 With z = 0 this is the plain score drop. Why: at 8 validation examples one item is 0.125 of accuracy, more than
 the default tolerance, so a gate on the raw score rolls back phases for a single flipped answer
-(bench/results/loop_float_evomerge.json: six rollbacks, each from instruction going 1/8 -> 0/8).
+(bench/loop.py on the EvoMerge winner under the plain gate: six of ten phases rolled back in both arms, each for
+instruction going 1/8 -> 0/8; under this gate none).
 """
 from __future__ import annotations
 

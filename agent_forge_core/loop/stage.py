@@ -31,8 +31,8 @@ from ..formats import compressed as compressed_format
 from ..model_io import load_model, save_model
 from ..stages.contract import Artifact, Built, StageContext, StageSpec
 from ..store import CheckpointStore, Manifest
-from .phases import Trainer, run_phase
 from .gate import judge, reference_row
+from .phases import Trainer, run_phase
 from .plot import plot_phases
 from .settings import LoopSettings
 from .state import LoopState, has_state, load_state, save_state
