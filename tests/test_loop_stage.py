@@ -38,15 +38,21 @@ def _loop(s, progress=None):
     return ctx, base, run_stage_on("loop", base.outputs, ctx)
 
 
+def _phase_keys(root: Path) -> set[str]:
+    return {p.name for p in (root / "store" / "checkpoints").glob("loop-*-p*")}
+
+
 def test_a_deliberately_bad_phase_is_rolled_back(tiny_settings, tmp_path):
     # noise alone (x100, even x10000) hardly moves the weights: after clipping, AdamW steps about lr per weight
     # whatever the gradient's scale, so the bad phase is noisy and takes 10000x the lr as well
     s = _settings(tiny_settings, tmp_path, "loop.phases=[{name: adapt, steps: 2}, {name: bad, steps: 4, "
                   "noise: controlled, noise_multiplier: 10000, lr_scale: 10000}]")
-    ctx, base, res = _loop(s)
+    published = set()
+    ctx, base, res = _loop(s, progress=lambda f, m: published.update(_phase_keys(tmp_path)))
     key = res.outputs[0]
     info = res.info[key]
     assert info["rollbacks"] == ["bad"]
+    assert not published  # `auto`: the store shares the work dir's disk, where the exact state already is
     history = json.loads((ctx.store.get(key) / HISTORY_FILE).read_text())
     assert history[2]["score"] < history[1]["score"] - s.loop.tolerance  # it did damage...
     assert history[2]["gate"]["exact_drop"] > s.loop.tolerance  # in perplexity/NLL, not noise in accuracy
@@ -69,7 +75,8 @@ def test_without_the_work_dir_state_a_rerun_continues_from_the_stored_phase(tiny
         if "phase 2 grokfast: step 1/" in message:
             raise Killed(message)
 
-    s = _settings(tiny_settings, tmp_path, THREE)
+    # a store on the work dir's disk gets no phase checkpoints unless asked (`auto`): here it stands for S3
+    s = _settings(tiny_settings, tmp_path, THREE, "loop.runtime.publish_phases=always")
     with pytest.raises(Killed):
         _loop(s, progress=kill)
     ctx = make_context(s)
@@ -84,8 +91,11 @@ def test_without_the_work_dir_state_a_rerun_continues_from_the_stored_phase(tiny
 
 
 def test_a_killed_loop_resumes_bit_identically(tiny_settings, tmp_path):
-    straight = _settings(tiny_settings, tmp_path / "a", THREE, "loop.runtime.keep_state=true")
-    ctx_a, _, res_a = _loop(straight)
+    always = "loop.runtime.publish_phases=always"
+    straight = _settings(tiny_settings, tmp_path / "a", THREE, "loop.runtime.keep_state=true", always)
+    published = set()
+    ctx_a, _, res_a = _loop(straight, progress=lambda f, m: published.update(_phase_keys(tmp_path / "a")))
+    assert published == {f"{res_a.outputs[0]}-p1", f"{res_a.outputs[0]}-p2"}  # the last phase's is the output
 
     class Killed(Exception):
         pass
@@ -94,7 +104,7 @@ def test_a_killed_loop_resumes_bit_identically(tiny_settings, tmp_path):
         if "phase 3 perturb: step 2/" in message:
             raise Killed(message)
 
-    crashed = _settings(tiny_settings, tmp_path / "b", THREE, "loop.runtime.keep_state=true")
+    crashed = _settings(tiny_settings, tmp_path / "b", THREE, "loop.runtime.keep_state=true", always)
     with pytest.raises(Killed):
         _loop(crashed, progress=kill)
     key = res_a.outputs[0]

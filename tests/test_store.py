@@ -42,6 +42,17 @@ def test_local_round_trip(tmp_path):
     _round_trip(CheckpointStore(str(tmp_path / "store")), tmp_path)
 
 
+def test_a_consumed_folder_is_moved_into_a_local_store_and_verifies(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    src = _folder(tmp_path)
+    want = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    inode = (src / "model.safetensors").stat().st_ino
+    m = store.put("cognate-memory-abc", src, _manifest(), consume=True)
+    got = store.get("cognate-memory-abc")
+    assert {n: (got / n).read_bytes() for n in m.files} == want and store.verify("cognate-memory-abc") == []
+    assert (got / "model.safetensors").stat().st_ino == inode and not (src / "model.safetensors").exists()
+
+
 def test_keys_are_content_derived():
     k = checkpoint_key("cognate", ["import-a"], "h1", "v1", "memory")
     assert k == checkpoint_key("cognate", ["import-a"], "h1", "v1", "memory") and k.startswith("cognate-memory-")
@@ -58,11 +69,11 @@ def test_interrupted_write_leaves_no_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = store._upload
 
-    def flaky(a, b):
+    def flaky(a, b, *rest):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("connection reset while uploading")
-        real(a, b)
+        real(a, b, *rest)
 
     monkeypatch.setattr(store, "_upload", flaky)
     with pytest.raises(OSError):
@@ -179,8 +190,8 @@ def _race(store: CheckpointStore, tmp_path: Path, monkeypatch) -> None:
     real = store._upload
     b_done = threading.Event()
 
-    def slow(local, remote):
-        real(local, remote)
+    def slow(local, remote, *rest):
+        real(local, remote, *rest)
         if str(local).startswith(str(a)):
             b_done.wait(30)  # the slow mover: A stalls mid-upload until B has published
             _time.sleep(0.05)

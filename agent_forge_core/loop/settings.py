@@ -105,6 +105,11 @@ class SelfModelSettings(Section):
 class LoopRuntime(RuntimeSection):
     keep_state: bool = Field(False, description="Keep the exact training state in the work dir after the output is "
                              "published (to inspect it; it is about 4× the model's size).")
+    publish_phases: Literal["auto", "always", "never"] = Field(
+        "auto", description="Publish the model after each phase (but the last, which the output follows at once) "
+        "as the store checkpoint `<key>-p<k>`, so that another machine can resume the loop. auto: when the store "
+        "is remote or on another filesystem than the work dir; on the work dir's own disk the exact state kept "
+        "there already holds the same weights, and the copy would cost about the model's size per phase.")
 
 
 class LoopSettings(StageSection):

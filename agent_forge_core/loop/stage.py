@@ -9,13 +9,15 @@ more than `loop.tolerance` against the best phase kept so far, counting an accur
 standard errors, is rolled back (the state before it is restored) and recorded.
 
 Resume: each phase boundary writes the exact training state to `<work_dir>/loop/<output key>/latest`
-(`state.py`) and publishes the model as the internal checkpoint `<output key>-p<k>`. A rerun continues after the
-last finished phase: bit-identically from the work dir's state on the same machine, else from the stored phase
-checkpoint with the optimizer reset (recorded in `info.resumed`). Both are removed once the output is published.
+(`state.py`) and, where the store is remote or on another disk (`loop.runtime.publish_phases`), publishes the
+model as the internal checkpoint `<output key>-p<k>`. A rerun continues after the last finished phase:
+bit-identically from the work dir's state on the same machine, else from the stored phase checkpoint with the
+optimizer reset (recorded in `info.resumed`). Both are removed once the output is published.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -94,6 +96,19 @@ def save_output(model, tok, folder: Path, ternary: bool, packing: str | None) ->
     return {}
 
 
+def publishes_phases(ctx: StageContext, cfg: LoopSettings) -> bool:
+    """Whether phase checkpoints go to the store: they guard against losing the work dir, which a store on the
+    work dir's own filesystem does not survive either (`loop.runtime.publish_phases`)."""
+    mode = cfg.runtime.publish_phases
+    if mode != "auto":
+        return mode == "always"
+    if not ctx.store.is_local:
+        return True
+    work = Path(ctx.settings.work_dir).expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    return os.stat(ctx.store.root).st_dev != os.stat(work).st_dev
+
+
 def publish_phase(ctx: StageContext, key: str, parent: str, k: int, tr: Trainer, ternary: bool, packing, state):
     folder = ctx.work_dir / f"loop-phase-{uuid.uuid4().hex}"
     save_output(tr.model, tr.tok, folder, ternary, packing)
@@ -102,7 +117,8 @@ def publish_phase(ctx: StageContext, key: str, parent: str, k: int, tr: Trainer,
         ctx.store.discard(pk)
     ctx.store.put(pk, folder, Manifest(key=pk, stage="loop", parents=[parent], config_hash="",
                                        code_version=f"loop.v{VERSION}",
-                                       info={"internal": f"loop phase {k}", "state": dict(state.__dict__)}))
+                                       info={"internal": f"loop phase {k}", "state": dict(state.__dict__)}),
+                  consume=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -140,6 +156,7 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
     n = len(cfg.phases)
     tr = Trainer(model, tok, cfg, ctx.settings.eval, cfg.lr_bitnet if ternary else cfg.lr, ternary, teacher)
     sdir = state_dir(ctx, key)
+    publish = publishes_phases(ctx, cfg)
     state = resume(ctx, key, cfg, tr, ternary)
     if state is None:
         metrics, score = validate(tr, ctx, cfg)
@@ -179,7 +196,8 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
         state.history.append(row)
         state.phase = k + 1
         save_state(sdir, state, model, tr.opt, tr.grokfast, tr.noise_gen)
-        publish_phase(ctx, key, parent, k + 1, tr, ternary, packing, state)
+        if k + 1 < n and publish:  # after the last phase the output itself is published at once
+            publish_phase(ctx, key, parent, k + 1, tr, ternary, packing, state)
         ctx.log.info("loop: phase %d %s: score %.4f%s", k + 1, phase.name, score,
                      " (rolled back)" if "rolled_back" in row else "")
     folder = ctx.work_dir / f"loop-{uuid.uuid4().hex}"

@@ -55,7 +55,7 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
                 info={**built.info, "variant": built.variant, "compared_to": built.parent,
                       "gates": [g.as_dict() for g in gates]},
             )
-            ctx.store.put(key, built.folder, manifest)
+            ctx.store.put(key, built.folder, manifest, consume=True)
             shutil.rmtree(built.folder, ignore_errors=True)
             ctx.log.info("%s: wrote %s %s", spec.name, key, _fmt(metrics))
             ctx.progress((i + 1) / n, f"{spec.name}: wrote {key}")
