@@ -16,6 +16,7 @@ Metrics (all on the held-out split unless asked otherwise):
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -60,10 +61,21 @@ def perplexity(model, tokenizer, text: str, max_tokens: int, window: int) -> flo
     return math.exp(total / count)
 
 
+_NEWLINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def newline_ids(tokenizer) -> torch.Tensor:
-    vocab = tokenizer.get_vocab()
-    ids = [i for i in vocab.values() if "\n" in tokenizer.decode([i])]
-    return torch.tensor(sorted(ids), dtype=torch.long)
+    """Ids of the tokens whose text holds a newline. Decoding the whole vocabulary costs ~0.35 s for SmolLM2's
+    49K tokens, once per generation call (the loop makes ~60): kept per tokenizer and its size (tokens added
+    later, as Quiet-STaR's, make a new entry)."""
+    size = len(tokenizer)
+    hit = _NEWLINES.get(tokenizer)
+    if hit is None or hit[0] != size:
+        vocab = tokenizer.get_vocab()
+        ids = [i for i in vocab.values() if "\n" in tokenizer.decode([i])]
+        hit = (size, torch.tensor(sorted(ids), dtype=torch.long))
+        _NEWLINES[tokenizer] = hit
+    return hit[1]
 
 
 def suppressed_ids(model) -> list[int]:
@@ -106,7 +118,9 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         past = None
         cur_ids, cur_pos = ids, position_ids
         for _ in range(max_new_tokens):
-            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True)
+            # the next token's logits only: the prompt's would cost a vocabulary-wide projection per position
+            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True,
+                        logits_to_keep=1)
             past = res.past_key_values
             logits = suppress(res.logits[:, -1], banned)
             if temperature > 0:
@@ -136,20 +150,27 @@ def target_nll(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) 
     """Mean per-token NLL of each target given its prompt."""
     total, count = 0.0, 0
     for i in range(0, len(pairs), batch_size):
-        seqs, labels = [], []
+        seqs, labels, starts = [], [], []
         for prompt, target in pairs[i : i + batch_size]:
             p = tokenizer(prompt, add_special_tokens=False).input_ids
             t = tokenizer(prompt + target, add_special_tokens=False).input_ids
             seqs.append(t)
             labels.append([-100] * len(p) + t[len(p) :])
+            starts.append(len(p))
         width = max(map(len, seqs))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
         lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels], device=model.device)
         mask = (torch.arange(width)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long().to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        # logits from the first position that predicts a target token on (`lo`): the prompts' own positions would
+        # cost a vocabulary-wide projection and log-softmax each (~2/3 of the work on the eval's prompts)
+        lo = max(min(starts) - 1, 0)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - lo).logits
+        if logits.size(1) == width:  # a wrapper that ignores logits_to_keep
+            logits = logits[:, lo:]
+        logits = logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+            logits.reshape(-1, logits.size(-1)), lab[:, lo + 1 :].reshape(-1), ignore_index=-100, reduction="sum"
         )
         total += nll.item()
         count += int((lab[:, 1:] != -100).sum())

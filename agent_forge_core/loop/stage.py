@@ -8,8 +8,8 @@ split), the combined score (EvoMerge's formula), and the phase gate (`gate.py`) 
 more than `loop.tolerance` against the best phase kept so far, counting an accuracy drop only beyond `loop.gate_z`
 standard errors, is rolled back (the state before it is restored) and recorded.
 
-Resume: each phase boundary writes the exact training state to `<work_dir>/loop/<output key>/latest`
-(`state.py`) and, where the store is remote or on another disk (`loop.runtime.publish_phases`), publishes the
+Resume: each phase boundary (but the last, unless `loop.runtime.keep_state`) writes the exact training state to
+`<work_dir>/loop/<output key>/latest` (`state.py`) and, where the store is remote or on another disk (`loop.runtime.publish_phases`), publishes the
 model as the internal checkpoint `<output key>-p<k>`. A rerun continues after the last finished phase:
 bit-identically from the work dir's state on the same machine, else from the stored phase checkpoint with the
 optimizer reset (recorded in `info.resumed`). Both are removed once the output is published.
@@ -195,7 +195,8 @@ def build(inputs: list[str], cfg: LoopSettings, ctx: StageContext, keys: dict[st
             state = load_state(sdir, model, tr.opt, tr.grokfast, tr.noise_gen)
         state.history.append(row)
         state.phase = k + 1
-        save_state(sdir, state, model, tr.opt, tr.grokfast, tr.noise_gen)
+        if state.phase < n or cfg.runtime.keep_state:  # else the output, published next, is all that is needed
+            save_state(sdir, state, model, tr.opt, tr.grokfast, tr.noise_gen)
         if k + 1 < n and publish:  # after the last phase the output itself is published at once
             publish_phase(ctx, key, parent, k + 1, tr, ternary, packing, state)
         ctx.log.info("loop: phase %d %s: score %.4f%s", k + 1, phase.name, score,
