@@ -147,6 +147,32 @@ def test_target_nll_matches_labels_loss(tiny):
     assert target_nll(model, tok, [(p, t)], batch_size=4) == pytest.approx(ref, rel=1e-5)
 
 
+def test_target_nll_of_a_ragged_batch_matches_each_pair_s_labels_loss_with_or_without_logits_to_keep(tiny):
+    """target_nll projects only the positions from the shortest prompt on; a model that ignores logits_to_keep
+    (a wrapper) must give the same number."""
+    model, tok = tiny
+    pairs = [("Q: 2 + 3 =\nA:", " 5"), ("Q: Records: cat=41, dog=7, emu=12. What is the value of emu?\nA:", " 12"),
+             ("Say hi.\n", " hi there, friend")]
+    total = count = 0.0
+    for p, t in pairs:
+        n = len(tok(p, add_special_tokens=False).input_ids)
+        full = tok(p + t, return_tensors="pt", add_special_tokens=False).input_ids
+        labels = full.clone()
+        labels[:, :n] = -100
+        with torch.no_grad():
+            loss = model(input_ids=full, labels=labels).loss.item()
+        total, count = total + loss * (full.shape[1] - n), count + full.shape[1] - n
+    assert target_nll(model, tok, pairs, batch_size=4) == pytest.approx(total / count, rel=1e-5)
+
+    class IgnoresKeep(torch.nn.Module):
+        device = model.device
+
+        def forward(self, input_ids, attention_mask=None, **_):
+            return model(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert target_nll(IgnoresKeep(), tok, pairs, batch_size=4) == pytest.approx(total / count, rel=1e-5)
+
+
 def test_evaluate_reports_every_metric(tiny):
     model, tok = tiny
     cfg = EvalSettings(n_examples=4, ppl_tokens=256, ppl_window=64, max_new_tokens=4)
