@@ -117,11 +117,11 @@ def test_transient_store_error_is_retried(overrides, body_calls, monkeypatch, tm
 
     real_put, failed = Store.put, []
 
-    def flaky_put(self, key, folder, manifest):
+    def flaky_put(self, key, folder, manifest, **kw):
         if not failed:
             failed.append(key)
             raise ConnectionError("simulated network drop during upload")
-        return real_put(self, key, folder, manifest)
+        return real_put(self, key, folder, manifest, **kw)
 
     monkeypatch.setattr(Store, "put", flaky_put)
     out = forge(overrides=[*overrides, "cognate.focuses=[memory]"])
