@@ -12,9 +12,12 @@
   prompts per task with a bootstrap 95% interval; the `--test-top` best by validation scored once on
   `--search-test-n` test prompts per task);
 - values per expert beside LoRA r=16 on every projection; wall time per phase; the paper's figures beside.
-Phases are kept in a work folder (--work), so a stopped run resumes where it was.
-Writes bench/results/experts.json (and the search's plot, experts_search.png).
+Phases are kept in a work folder (--work), so a stopped run resumes where it was. `--skip` leaves phases out
+(cls_expert, cem, search; matrix: only the base row is scored; dispatch: no linear/prompt router, and then no
+routed row or search); the summary holds what ran.
+Writes bench/results/experts.json (--out; and the search's plot, experts_search.png).
 Usage: python bench/experts.py [--source MODEL] [--n 128] [--steps 16] [--batch 16] [--set experts.key=value ...]
+       python bench/experts.py --skip matrix,dispatch,cls_expert,search --out experts_cem.json  # CEM vs base
 """
 from __future__ import annotations
 
@@ -70,7 +73,9 @@ def main() -> None:
     ap.add_argument("--search-n", type=int, default=24)
     ap.add_argument("--search-test-n", type=int, default=48)
     ap.add_argument("--test-top", type=int, default=2)
-    ap.add_argument("--skip", default="", help="comma-separated phases not to run: cls_expert, cem, search")
+    ap.add_argument("--skip", default="", help="comma-separated phases not to run: matrix (base row only), dispatch, "
+                    "cls_expert, cem, search")
+    ap.add_argument("--out", default=OUT.name, help="results file under bench/results")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -114,8 +119,15 @@ def main() -> None:
         experts[d.name] = Expert.load(folder / "experts" / f"{d.name}.safetensors")
     (folder / EXPERTS_FILE).write_text(json.dumps({"target": svf.target, "domains": DOMAINS,
                                                    "files": {d: f"experts/{d}.safetensors" for d in DOMAINS}}))
-    matrix = phase("matrix", lambda: expert_matrix(model, tok, svf, experts, domains, args.n, ev,
-                                                   lambda f, m: print(" ", m, flush=True)))
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {"matrix", "dispatch", "cls_expert", "cem", "search"}
+    if unknown:
+        raise SystemExit(f"--skip: unknown phases {sorted(unknown)}")
+    if "dispatch" in skip:
+        skip |= {"search"}  # the search's designs route with the dispatchers
+    matrix = phase("matrix_base" if "matrix" in skip else "matrix",
+                   lambda: expert_matrix(model, tok, svf, {} if "matrix" in skip else experts, domains, args.n, ev,
+                                         lambda f, m: print(" ", m, flush=True)))
     names = [d.name for d in domains]
     train_q = {d.name: d.queries("train", cfg.dispatch_train, ev.shots, cfg.seed) for d in domains}
     test_q = {d.name: d.queries("test", args.dispatch_n, ev.shots, cfg.seed) for d in domains}
@@ -128,8 +140,10 @@ def main() -> None:
         return {"probe": probe.as_dict(),
                 "accuracy": dispatch_accuracy(linear_router(model, tok, names, probe), test_q, others)}
 
-    lin = phase("dispatch_linear", linear)
-    phase("dispatch_prompt", lambda: {"accuracy": dispatch_accuracy(prompt_router(model, tok, names), test_q, others)})
+    if "dispatch" not in skip:
+        lin = phase("dispatch_linear", linear)
+        phase("dispatch_prompt", lambda: {"accuracy": dispatch_accuracy(prompt_router(model, tok, names), test_q,
+                                                                          others)})
 
     def cls_expert():
         e, hist = train_classifier(model, tok, svf, domains, cfg, ev.shots, cfg.seed + 101,
@@ -139,14 +153,14 @@ def main() -> None:
         return {"meta": e.meta, "history": hist,
                 "accuracy": dispatch_accuracy(prompt_router(model, tok, names, svf, e.z), test_q, others)}
 
-    skip = set(filter(None, args.skip.split(",")))
     if "cls_expert" not in skip:
         phase("dispatch_cls_expert", cls_expert)
     cem = {} if "cem" in skip else phase("cem", lambda: cem_mixes(model, tok, svf, experts, domains, cfg, ev,
                                                                   lambda f, m: print(" ", m, flush=True)))
-    (folder / DISPATCHER_FILE).write_text(json.dumps({
-        "mode": "linear", "domains": names, "linear": lin["probe"], "cem": {d: r["alpha"] for d, r in cem.items()},
-        **({"cls_expert": CLS_FILE} if "dispatch_cls_expert" in state else {})}))
+    if "dispatch" not in skip:
+        (folder / DISPATCHER_FILE).write_text(json.dumps({
+            "mode": "linear", "domains": names, "linear": lin["probe"], "cem": {d: r["alpha"] for d, r in cem.items()},
+            **({"cls_expert": CLS_FILE} if "dispatch_cls_expert" in state else {})}))
 
     # routed by the linear probe (the stage's default); a CEM mix is per task, so its routed accuracies are the
     # `cem` phase's test accuracies already
@@ -164,7 +178,7 @@ def main() -> None:
                     "language_routed_to": text}
         metrics, routed = two.evaluate(ev)
         return {"derived_from_matrix": False, "metrics": metrics, "routed": routed}
-    routed = {"linear": phase("routed_linear", run)}
+    routed = {} if {"dispatch", "matrix"} & skip else {"linear": phase("routed_linear", run)}
 
     def search():
         # the stage's search, its designs scored in this process (the stage fans them out instead)
@@ -190,14 +204,20 @@ def main() -> None:
     tasks = [d for d in DOMAINS if d != "language"]
     se = lambda acc: standard_error(round(acc * args.n), args.n)  # noqa: E731
     summary = {}
+    rows = [r for r in matrix if r != "base"]
     for task in tasks:
-        best = max((r for r in matrix if r != "base"), key=lambda r: matrix[r][task])
-        summary[task] = {"base": matrix["base"][task], "own_expert": matrix[task][task], "best_single": matrix[best][task],
-                         "best_single_is": best, "routed_linear": routed["linear"]["metrics"][task],
-                         "cem": cem[task]["test"] if cem else None, "se_base": se(matrix["base"][task]),
+        summary[task] = {"base": matrix["base"][task], "se_base": se(matrix["base"][task]),
                          "noise_2se": 2 * math.sqrt(2) * se(matrix["base"][task])}
-    summary["language_perplexity"] = {"base": matrix["base"]["language"], "own_expert": matrix["language"]["language"],
-                                      "routed_linear": routed["linear"]["metrics"]["perplexity"]}
+        if rows:
+            best = max(rows, key=lambda r: matrix[r][task])
+            summary[task].update(own_expert=matrix[task][task], best_single=matrix[best][task], best_single_is=best)
+        if routed:
+            summary[task]["routed_linear"] = routed["linear"]["metrics"][task]
+        if cem:
+            summary[task].update(cem=cem[task]["test"], cem_minus_base=cem[task]["test"] - matrix["base"][task])
+    summary["language_perplexity"] = {"base": matrix["base"]["language"],
+                                      **({"own_expert": matrix["language"]["language"]} if rows else {}),
+                                      **({"routed_linear": routed["linear"]["metrics"]["perplexity"]} if routed else {})}
     out = {
         "source": args.source, "n": args.n, "dispatch_n": args.dispatch_n, "settings": cfg.identity(),
         "values_per_expert": svf.n_values, "lora_r16_all_values": lora_values(model),
@@ -214,7 +234,7 @@ def main() -> None:
                                          for r in found["archive"]], "ranked": found["ranked"]},
         "threads": torch.get_num_threads(),
     }
-    OUT.write_text(json.dumps(out, indent=1))
+    (OUT.parent / args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({"summary": summary, "dispatch": {m: a["all"] for m, a in out["dispatch_accuracy"].items()},
                       "search": found and {r["label"]: {"validation": r["validation"]["median"], "test": r.get("test", {}).get("mean")}
                                            for r in found["archive"]},
