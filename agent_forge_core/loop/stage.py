@@ -11,9 +11,9 @@ standard errors, is rolled back (the state before it is restored) and recorded.
 Resume: each phase boundary (but the last, unless `loop.runtime.keep_state`) writes the exact training state to
 `<work_dir>/loop/<output key>/latest` (`state.py`) and, where the store is remote or on another disk
 (`loop.runtime.publish_phases`), publishes the model as the internal checkpoint `<output key>-p<k>`. A rerun
-continues after the last finished phase:
-bit-identically from the work dir's state on the same machine, else from the stored phase checkpoint with the
-optimizer reset (recorded in `info.resumed`). Both are removed once the output is published.
+continues after the last finished phase: bit-identically from the work dir's state on the same machine, else from
+the stored phase checkpoint with the optimizer reset (recorded in `info.resumed`). Both are removed once the
+output is published.
 """
 from __future__ import annotations
 
