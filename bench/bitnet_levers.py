@@ -13,7 +13,7 @@ Levers (`--levers`, any subset, in order):
 - no_warmup: quantize from the first step (`bitnet.schedule=none`) instead of the 30-step linear lambda ramp;
 - distill_lr_1e-3: distillation at the higher learning rate (the two levers together): x0.27 the test perplexity of
   distill (x0.185 of baseline), now the stage's default lr;
-- distill_lr_3e-3: the current recipe (distillation, lr 1e-3) with the peak lr 3x higher again;
+- distill_lr_3e-3, distill_lr_1e-2: the current recipe (distillation, lr 1e-3) with the peak lr 3x and 10x higher;
 - distill_lr_1e-3_natural_text: the current recipe on natural text only.
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -50,6 +50,7 @@ LEVERS = {
     "no_warmup": [*OLD, "bitnet.distill.kl_weight=0.0", "bitnet.schedule=none"],
     "distill_lr_1e-3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-3"],
     "distill_lr_3e-3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3"],
+    "distill_lr_1e-2": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-2"],
     "distill_lr_1e-3_natural_text": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-3", "bitnet.data=[language]"],
 }
 
