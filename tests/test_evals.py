@@ -135,15 +135,20 @@ def test_perplexity_matches_direct_computation(tiny):
     assert perplexity(model, tok, text, 128, 64) == pytest.approx(math.exp(loss), rel=1e-5)
 
 
-def test_target_nll_matches_labels_loss(tiny):
-    model, tok = tiny
-    p, t = "Q: Records: cat=41. What is the value of cat?\nA:", " 41"
+def _labels_loss(model, tok, p: str, t: str) -> tuple[float, int]:
+    """(transformers' own mean loss over the target tokens of p + t, their count)."""
     n = len(tok(p, add_special_tokens=False).input_ids)
     full = tok(p + t, return_tensors="pt", add_special_tokens=False).input_ids
     labels = full.clone()
     labels[:, :n] = -100
     with torch.no_grad():
-        ref = model(input_ids=full, labels=labels).loss.item()
+        return model(input_ids=full, labels=labels).loss.item(), full.shape[1] - n
+
+
+def test_target_nll_matches_labels_loss(tiny):
+    model, tok = tiny
+    p, t = "Q: Records: cat=41. What is the value of cat?\nA:", " 41"
+    ref, _ = _labels_loss(model, tok, p, t)
     assert target_nll(model, tok, [(p, t)], batch_size=4) == pytest.approx(ref, rel=1e-5)
 
 
@@ -153,15 +158,8 @@ def test_target_nll_of_a_ragged_batch_matches_each_pair_s_labels_loss_with_or_wi
     model, tok = tiny
     pairs = [("Q: 2 + 3 =\nA:", " 5"), ("Q: Records: cat=41, dog=7, emu=12. What is the value of emu?\nA:", " 12"),
              ("Say hi.\n", " hi there, friend")]
-    total = count = 0.0
-    for p, t in pairs:
-        n = len(tok(p, add_special_tokens=False).input_ids)
-        full = tok(p + t, return_tensors="pt", add_special_tokens=False).input_ids
-        labels = full.clone()
-        labels[:, :n] = -100
-        with torch.no_grad():
-            loss = model(input_ids=full, labels=labels).loss.item()
-        total, count = total + loss * (full.shape[1] - n), count + full.shape[1] - n
+    losses = [_labels_loss(model, tok, p, t) for p, t in pairs]
+    total, count = sum(loss * k for loss, k in losses), sum(k for _, k in losses)
     assert target_nll(model, tok, pairs, batch_size=4) == pytest.approx(total / count, rel=1e-5)
 
     class IgnoresKeep(torch.nn.Module):
