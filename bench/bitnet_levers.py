@@ -12,9 +12,10 @@ Levers (`--levers`, any subset, in order):
 - lr_1e-3: peak learning rate 1e-3 instead of 2e-4;
 - no_warmup: quantize from the first step (`bitnet.schedule=none`) instead of the 30-step linear lambda ramp;
 - distill_lr_1e-3: distillation at the higher learning rate (the two levers together): x0.27 the test perplexity of
-  distill (x0.185 of baseline), now the stage's default lr;
-- distill_lr_3e-3, distill_lr_1e-2: the current recipe (distillation, lr 1e-3) with the peak lr 3x and 10x higher;
-- distill_lr_1e-3_natural_text: the current recipe on natural text only.
+  distill (x0.185 of baseline);
+- distill_lr_3e-3, distill_lr_1e-2: distillation at peak lr 3x and 10x that; 3e-3 gave 651 (x0.47 of 1e-3) and is
+  the stage's default lr;
+- distill_lr_1e-3_natural_text: distill_lr_1e-3 on natural text only (its comparison is distill_lr_1e-3).
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
 training tokens seen, `bitnet.curve_every`), first/last training loss and wall time. Ratios are against the
