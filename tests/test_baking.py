@@ -1,6 +1,7 @@
 """Prompt Baking: the loss against the reference formula, masks and alignment, a bake that makes the
 unprompted tiny model match the prompted one, and the stage (float and ternary inputs)."""
 import json
+import re
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from agent_forge_core.agent.settings import AgentSettings, RuntimeSpec
 from agent_forge_core.agent.tools import calculator_tool
 from agent_forge_core.baking.loss import baking_kl
 from agent_forge_core.baking.probes import recovery
-from agent_forge_core.baking.queries import identity_questions, training_queries
+from agent_forge_core.baking.prompts import WRITE_DEMO
+from agent_forge_core.baking.queries import DEMO_WORDS, identity_questions, own_queries, training_queries
 from agent_forge_core.baking.settings import BakingSettings
+from agent_forge_core.baking.stage import bake_steps
 from agent_forge_core.baking.train import (_forward, accumulate, bake, kl_of, length_groups, make_student,
                                           teacher_logprobs)
 from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, encode, sample, segments
@@ -238,6 +241,21 @@ def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
         BakingSettings(chat_share={"persona": 0.5})
 
 
+def test_memory_queries_never_use_the_demonstrations_keys():
+    demo_keys = set(re.findall(r"(\w+)=\d+", WRITE_DEMO))
+    assert demo_keys == set(DEMO_WORDS)
+    qs = own_queries("memory", "train", 64, 0) + own_queries("memory", "test", 64, 0)
+    keys = {k for q in qs for k in [*re.findall(r"(\w+)=\d+", q.text), *re.findall(r"value of (\w+)", q.text), *q.records]}
+    assert len(keys) > 10 and keys.isdisjoint(demo_keys)
+
+
+def test_step_factors_scale_each_bake_and_one_override_keeps_the_others():
+    cfg = BakingSettings(steps=10, step_factor={"memory": 3})
+    assert [bake_steps(b, cfg) for b in ("tool", "memory", "retrieval", "persona")] == [10, 30, 10, 20]
+    with pytest.raises(ValueError, match="persona"):
+        BakingSettings(step_factor={"persona": 0})
+
+
 def test_recovery_ratio():
     r = recovery({"a": 0.1, "b": 0.2}, {"a": 0.5, "b": 0.2}, {"a": 0.4, "b": 0.3})
     assert r["a"] == pytest.approx(0.75) and r["b"] is None
@@ -271,7 +289,7 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     assert set(info["forgetting"]["persona"]) == {"tool", "persona"}
     hist = json.loads((folder / "baking_history.json").read_text())["history"]
     assert len(hist["tool"]["steps"]) == 3 and hist["tool"]["heldout"][0]["step"] == 0
-    assert len(hist["persona"]["steps"]) == 6  # persona.step_factor 2
+    assert len(hist["persona"]["steps"]) == 6  # step_factor: persona 2
     assert info["departures"]["lora_r"] == {"ours": 8, "reference": 32}
     assert "arithmetic" in res.metrics[key]  # the suite, run with the baked runtime
     # the baked weights differ from the input's

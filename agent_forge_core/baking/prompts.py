@@ -29,6 +29,13 @@ MEMORY_DEMO = WRITE_DEMO + "\n\n" + READ_DEMO
 # them too (0.56 and 0.34); chat, demo, chat, demo brought both to 0.00 (arithmetic calls 0.69 -> 0.62, Python
 # cloze calls 0.22 -> 0.34), but in the quick chain the tool bake then did not bake at all (call rate 0.00 vs
 # 0.50 prompted, bench/results/baking_quick_chatdemos.json), so those two prompts keep their demonstrations only.
+# Baked memory reads the right key but ends its answer at the result (recall 0). The prompted teacher's
+# probabilities at the three steps a recall needs (24 teacher-forced probes): `=` after the first key written
+# 0.48, a read first on a recall question 0.35, anything but the end of the answer after a found value 0.80.
+# Three-record writes, a second write demonstration last and the value restated in a sentence gave 0.76, 0.42,
+# 0.89 (prompted, 16 probes: false calls 0.00, write 1.00, read 0.94, recall 0.69 vs 0.44), yet baked recall
+# stayed 0 and the quick chain lost persona and tool calls (identity 0.56 vs 0.81, tool calls after the persona
+# bake 0.62 vs 0.88; bench/results/baking_quick_memwrites_1x.json), so this prompt stays.
 CHAT_DEMOS = ("Q: Hello! How are you today?\nA: I am well, thank you. How can I help?",
               "Q: What is your favourite colour?\nA: I do not have one, but blue is a fine choice.")
 

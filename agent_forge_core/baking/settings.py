@@ -30,12 +30,22 @@ class PersonaSettings(Section):
         description="Earlier Q/A turns on other tasks (train split) before each identity training question, drawn "
         "from this list per question; [0] bakes single-turn answers only (measured: then the baked persona is "
         "gone after 2 turns).")
-    step_factor: float = Field(2.0, gt=0, le=8, description="The persona bake's optimiser steps as a multiple of "
-                               "`baking.steps`. Measured in the quick profile after the tool, memory and retrieval "
-                               "bakes: with 1x the baked model still answered identity questions with memory calls "
-                               "(identity 0.00, held-out KL still falling), 24 more steps on that model gave 1.00.")
     pursuit_rounds: int = Field(0, ge=0, le=4, description="Prompt Pursuit: re-prompt the baked model with its "
                                 "persona prompt and bake again, this many more times.")
+
+
+class StepFactors(Section):
+    """Each bake's optimiser steps as a multiple of `baking.steps`. Measured in the quick profile (16 probes):
+    persona after the tool, memory and retrieval bakes at 1x identity 0.00 (held-out KL still falling), 24 more
+    steps gave 1.00. Memory baked alone on the base model: at 1x read rate 0.00 (prompted 1.00; the student opened
+    a read on recall questions with probability 0.05, the prompted teacher 0.31), at 2x 1.00 (0.23), recall 0 at
+    both; but in the quick chain memory at 2x left the model calling memory on every identity question (1.00 vs
+    0.81) and the persona did not bake (identity 0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json),
+    and in the chain memory reads reach 1.00 at 1x: memory stays at 1x."""
+    tool: float = Field(1.0, gt=0, le=8)
+    memory: float = Field(1.0, gt=0, le=8)
+    retrieval: float = Field(1.0, gt=0, le=8)
+    persona: float = Field(2.0, gt=0, le=8)
 
 
 class BakingSettings(StageSection):
@@ -67,6 +77,8 @@ class BakingSettings(StageSection):
                       "default model: 2e-3 leaves greedy behaviour unbaked in 24 steps, 1e-2 costs +67% perplexity).")
     steps: int = Field(24, gt=0, description="Optimiser steps per bake.")
     batch_size: int = Field(8, gt=0)
+    step_factor: StepFactors = Field(default_factory=StepFactors,
+                                     description="Per bake, its optimiser steps as a multiple of `steps`.")
     train_precision: Literal["bfloat16", "float32"] = Field(
         "bfloat16", description="The student's forward and backward in training (torch.autocast; the trained "
         "weights, the optimiser, the teacher and the held-out curve stay float32). The KLs baked are nats per "

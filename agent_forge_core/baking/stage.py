@@ -81,7 +81,7 @@ def rehearsal(bank: dict[str, list], cfg: BakingSettings, seed: int) -> list:
 
 
 def bake_steps(b: str, cfg: BakingSettings) -> int:
-    return max(1, round(cfg.steps * (cfg.persona.step_factor if b == "persona" else 1)))
+    return max(1, round(cfg.steps * getattr(cfg.step_factor, b)))
 
 
 def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:

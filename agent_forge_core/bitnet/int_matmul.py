@@ -14,6 +14,8 @@ no float copy of the weights is made per call: the layer holds int8 codes only.
 Layers that read the same input tensor (q, k and v; gate and up) share its codes: `input_codes` keeps the
 last tensor it quantized, per thread, and reuses its codes when the next call passes that same object.
 Measured on SmolLM2-135M (2 cores, 2 x 512 tokens): forward +3-4% tokens/s, 7 quantizations per layer -> 4.
+Stacking those layers' codes into one GEMM (one `_int_mm` for q, k, v, one for gate, up) was measured slower
+on CPU: forward 1.37x float32 vs 1.47x unstacked, prefill 1.46x vs 1.65x (bench/results/bitnet_speed_stacked_gemm.json).
 """
 from __future__ import annotations
 
