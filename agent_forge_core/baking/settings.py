@@ -39,9 +39,9 @@ class StepFactors(Section):
     persona after the tool, memory and retrieval bakes at 1x identity 0.00 (held-out KL still falling), 24 more
     steps gave 1.00. Memory baked alone on the base model: at 1x read rate 0.00 (prompted 1.00; the student opened
     a read on recall questions with probability 0.05, the prompted teacher 0.31), at 2x 1.00 (0.23), recall 0 at
-    both; but in the quick chain memory at 2x left the model calling memory on every identity question (1.00 vs
-    0.81) and the persona did not bake (identity 0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json),
-    and in the chain memory reads reach 1.00 at 1x: memory stays at 1x."""
+    both. In the quick chain memory reads reach 1.00 at 1x, and 2x there (with the experimental memory prompt noted
+    in `prompts.py`) left the model calling memory on every identity question and the persona unbaked (identity
+    0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json): memory stays at 1x."""
     tool: float = Field(1.0, gt=0, le=8)
     memory: float = Field(1.0, gt=0, le=8)
     retrieval: float = Field(1.0, gt=0, le=8)
