@@ -66,6 +66,9 @@ class FanoutRuntime(RuntimeSection):
 class StageSection(Section):
     """Settings of a stage. Stages that are not built yet only have `enabled` (and refuse `true`)."""
 
+    # Why the stage is off by default, with the measured reason; the forge report prints it beside the stage.
+    off_note: ClassVar[str] = ""
+
     enabled: bool = False
     gates: dict[str, float] = Field(
         default_factory=dict,

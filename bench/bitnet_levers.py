@@ -15,6 +15,8 @@ Levers (`--levers`, any subset, in order):
   distill (x0.185 of baseline);
 - distill_lr_3e-3, distill_lr_1e-2: distillation at peak lr 3x and 10x that; 3e-3 gave 651 (x0.47 of 1e-3) and is
   the stage's default lr;
+- distill_lr_3e-3_no_warmup: the current default recipe quantizing from the first step (its comparison is
+  distill_lr_3e-3): with the 30-step ramp only half of the quick budget trains the ternary model itself;
 - distill_lr_1e-3_natural_text: distill_lr_1e-3 on natural text only (its comparison is distill_lr_1e-3).
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -52,6 +54,7 @@ LEVERS = {
     "distill_lr_1e-3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-3"],
     "distill_lr_3e-3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3"],
     "distill_lr_1e-2": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-2"],
+    "distill_lr_3e-3_no_warmup": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.schedule=none"],
     "distill_lr_1e-3_natural_text": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=1e-3", "bitnet.data=[language]"],
 }
 

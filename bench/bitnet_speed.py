@@ -9,7 +9,13 @@ call), side by side with the float32 model, in one process:
 - prefill: the same forward with logits at the last position only, as generation runs it;
 - decode: tokens/s of greedy generation with the KV cache, batch 1, --new tokens after a short prompt;
 - memory: bytes of the parameters and buffers each model holds;
-- agreement: each packed path's logits against the same fake-quant function computed in float64. Per layer
+- packed_int8_bf16: the int8 kernel with the embeddings stored in bfloat16 and the tied head multiplied in
+  bfloat16 (`bitnet.embeddings=bfloat16`, `bitnet/embeddings16.py`), as BitNet b1.58 and bitnet.cpp keep those
+  in 16 bits; its agreement row is against its own function (bfloat16-rounded embeddings) in float64;
+- agreement: each packed path's logits against the same fake-quant function computed in float64;
+- embeddings16_quality: what 16-bit embeddings and head cost on their own, measured where they can show it: the
+  float model's test perplexity (pydoc test text, the eval's tokens and window) with float32 vs bfloat16
+  embeddings and head (a post-training ternary model is too far from float for that difference to read). Per layer
   the int8 kernel is exact (tests/test_bitnet_core.py); through 30 layers, each re-quantizing its input to
   int8, a float32 rounding that moves one activation code across a rounding boundary grows, so the model-level
   differences measure float32's rounding, and the int8 path is compared with the float32 one on that scale.
@@ -31,8 +37,12 @@ import torch
 
 from agent_forge_core.aliases import ensure_alias
 from agent_forge_core.bitnet.bitlinear import set_kernel
+from agent_forge_core.bitnet.embeddings16 import use_16bit_embeddings
 from agent_forge_core.bitnet.convert import convert
 from agent_forge_core.formats.bitnet import load_bitnet, save_bitnet
+from agent_forge_core.config import load_settings
+from agent_forge_core.evals.suite import perplexity
+from agent_forge_core.evals.text import natural_text
 from agent_forge_core.model_io import load_model
 
 OUT = Path(__file__).parent / "results" / "bitnet_speed.json"
@@ -91,9 +101,12 @@ def main() -> None:
         ternary, _ = load_model(str(src))
         convert(ternary)
         save_bitnet(ternary, tok, tmp, "2bit")
+        save_bitnet(ternary, tok, f"{tmp}/bf16", "2bit", embeddings="bfloat16")
         del ternary
         packed, _ = load_bitnet(tmp)
-    models = {"float32": (float_model, None), "packed_dequant": (packed, "dequant"), "packed_int8": (packed, "int8")}
+        packed16, _ = load_bitnet(f"{tmp}/bf16")
+    models = {"float32": (float_model, None), "packed_dequant": (packed, "dequant"), "packed_int8": (packed, "int8"),
+              "packed_int8_bf16": (packed16, "int8")}
     with torch.inference_mode():
         logits = {k: kernel_run(m, kern, lambda mm: mm(ids).logits.float())() for k, (m, kern) in models.items()}
         forward = interleaved_median_s({k: kernel_run(m, kern, lambda mm: mm(ids)) for k, (m, kern) in models.items()},
@@ -112,8 +125,19 @@ def main() -> None:
         # the same fake-quant function in float64: what both packed paths approximate
         set_kernel(packed, "dequant")
         ref = copy.deepcopy(packed).double()(ids).logits
+        set_kernel(packed16, "dequant")
+        ref16 = copy.deepcopy(packed16).double()(ids).logits
     agreement = {k: compare(logits[k].double(), ref) for k in ("packed_dequant", "packed_int8")}
+    agreement["packed_int8_bf16"] = compare(logits["packed_int8_bf16"].double(), ref16)
     agreement["int8_vs_dequant"] = compare(logits["packed_int8"].double(), logits["packed_dequant"].double())
+    ev = load_settings().eval
+    float16 = copy.deepcopy(float_model)
+    use_16bit_embeddings(float16, torch.bfloat16)
+    with torch.inference_mode():
+        quality = {k: perplexity(m, tok, natural_text("test"), ev.ppl_tokens, ev.ppl_window)
+                   for k, m in (("float32", float_model), ("float32_bf16_embeddings", float16))}
+    print(f"float model test perplexity: float32 embeddings {quality['float32']:.3f}, bfloat16 embeddings and head "
+          f"{quality['float32_bf16_embeddings']:.3f}")
     f = rows["float32"]
     ratios = {k: {"forward_x_float32": r["forward_tok_s"] / f["forward_tok_s"],
                   "prefill_x_float32": r["prefill_tok_s"] / f["prefill_tok_s"],
@@ -126,7 +150,8 @@ def main() -> None:
     for k, a in agreement.items():
         print(f"logits {k}{'' if 'vs' in k else ' vs float64'}: max |diff| {a['max_abs_diff']:.3f}, mean "
               f"{a['mean_abs_diff']:.3f} (logits up to {a['logit_abs_max']:.1f}), argmax agreement {a['argmax_agree']:.3f}")
-    out = {"rows": rows, "ratios": ratios, "agreement": agreement, "bitnet_cpp_x86_speedup": BITNET_CPP_X86,
+    out = {"rows": rows, "ratios": ratios, "agreement": agreement, "embeddings16_quality": quality,
+           "bitnet_cpp_x86_speedup": BITNET_CPP_X86,
            "setup": {"batch": args.batch, "tokens": ids.shape[1], "new_tokens": args.new, "threads": args.threads,
                      "repeats": args.repeats, "model": model_name, "torch": torch.__version__}}
     OUT.parent.mkdir(parents=True, exist_ok=True)

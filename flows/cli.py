@@ -57,7 +57,8 @@ def cmd_run(args) -> int:
     out = forge(config=args.config, profile=args.profile, overrides=overrides)
     print()
     _print_table(out["rows"])
-    print(f"\nfinal checkpoints: {', '.join(out['finals'])}")
+    print("\nstages: " + ", ".join(f"{n} {st}" for n, st in out["statuses"].items()))
+    print(f"final checkpoints: {', '.join(out['finals'])}")
     print(f"report: {out['report']}")
     print(f"wall time: {time.time() - t0:.1f}s")
     return 0

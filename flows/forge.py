@@ -13,7 +13,7 @@ from agent_forge_core.config import load_settings  # noqa: E402
 from agent_forge_core.credentials import refuse_secret_overrides  # noqa: E402
 from agent_forge_core.report import metrics_table, collect, write_report  # noqa: E402
 from agent_forge_core.stages.contract import Artifact  # noqa: E402
-from agent_forge_core.stages.plan import make_plan  # noqa: E402
+from agent_forge_core.stages.plan import make_plan, stage_statuses  # noqa: E402
 from agent_forge_core.stages.registry import get_stage  # noqa: E402
 from agent_forge_core.store import CheckpointStore  # noqa: E402
 from tasks import task_for  # noqa: E402
@@ -56,8 +56,13 @@ def forge(config: str | None = None, profile: str | None = None, overrides: list
     finals = plan.finals
     rows = metrics_table(collect(store, finals))
     create_table_artifact(rows, key="forge-metrics", description="metrics of every checkpoint (test split)")
-    md, uri = write_report(store, finals, settings.run_name)
+    reused = {r["stage"]: r["reused"] for r in results}
+    statuses = stage_statuses(settings, plan, reused)
+    for st in statuses:
+        if st.status == "off":
+            log.info("stage %s off: %s", st.stage, st.reason)
+    md, uri = write_report(store, finals, settings.run_name, statuses)
     create_markdown_artifact(md, key="forge-report", description=f"forge report ({uri})")
     log.info("report: %s", uri)
-    return {"stages": plan.names, "finals": finals, "report": uri, "rows": rows,
-            "reused": {r["stage"]: r["reused"] for r in results}}
+    return {"stages": plan.names, "finals": finals, "report": uri, "rows": rows, "reused": reused,
+            "statuses": {st.stage: st.status for st in statuses}}

@@ -13,6 +13,7 @@ from agent_forge_core.agent.settings import AgentSettings, RuntimeSpec
 from agent_forge_core.agent.tools import calculator_tool
 from agent_forge_core.baking.loss import baking_kl
 from agent_forge_core.baking.probes import recovery
+from agent_forge_core.report import collect, markdown
 from agent_forge_core.baking.prompts import WRITE_DEMO
 from agent_forge_core.baking.queries import DEMO_WORDS, identity_questions, own_queries, training_queries
 from agent_forge_core.baking.settings import BakingSettings
@@ -287,6 +288,16 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     info = res.info[key]
     assert set(info["probes"]) == {"tool", "persona"} and set(info["probes"]["tool"]) == {"base", "prompted", "baked"}
     assert set(info["forgetting"]["persona"]) == {"tool", "persona"}
+    # the forge report's tables: every probe metric in the three conditions with its recovery, and forgetting
+    tables = {t.split(":")[0]: rows for t, rows in info["tables"].items()}  # manifests sort their keys
+    probes, forgetting = tables["probes"]["rows"], tables["forgetting"]["rows"]
+    call = next(r for r in probes if r["bake"] == "tool" and r["metric"] == "call_rate")
+    assert call["baked"] == info["probes"]["tool"]["baked"]["call_rate"]
+    assert call["recovery"] in ("-", info["recovery"]["tool"]["call_rate"])
+    assert forgetting[-1] == {"after": "persona", **info["forgetting"]["persona"]}
+    report = markdown(collect(ctx.store, [key]), [key], ctx.store, "t")
+    assert "## baking: probes" in report and "| bake | metric | base | prompted | baked | recovery |" in report
+    assert "| tool | call_rate |" in report
     hist = json.loads((folder / "baking_history.json").read_text())["history"]
     assert len(hist["tool"]["steps"]) == 3 and hist["tool"]["heldout"][0]["step"] == 0
     assert len(hist["persona"]["steps"]) == 6  # step_factor: persona 2

@@ -54,6 +54,45 @@ def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt):
     assert account["bits_per_weight_ternary_layers"] == pytest.approx(expected, rel=0.03)
 
 
+def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in_bfloat16(tiny_model_dir, tmp_path):
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from agent_forge_core.formats.bitnet import export_hf, layout
+
+    model, tok = load_model(str(tiny_model_dir))
+    ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids
+    convert(model)
+    set_lambda(model, 1.0)
+    a32 = save_bitnet(model, tok, tmp_path / "f32", "2bit")
+    a16 = save_bitnet(model, tok, tmp_path / "b16", "2bit", embeddings="bfloat16")
+    e = model.get_input_embeddings().weight.detach()
+    total = a32["ternary_params"] + a32["other_params"]
+    assert a32["bits_per_weight_model"] - a16["bits_per_weight_model"] == pytest.approx(16 * e.numel() / total)
+    with safe_open(str(tmp_path / "b16" / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("model.embed_tokens.weight"), e.bfloat16())
+    assert layout(tmp_path / "b16") == {"fmt": "2bit", "embeddings": "bfloat16"}  # what loop and baking rewrite
+    packed, _ = load_model(str(tmp_path / "b16"))
+    head = packed.get_output_embeddings().weight
+    assert head is packed.get_input_embeddings().weight and head.dtype == torch.bfloat16  # one 16-bit tensor
+    # reference: the fake-quant model with its embeddings rounded to bfloat16, in float64; the packed model's only
+    # further rounding is the final hidden state's, to bfloat16, before the head's product
+    ref_model = copy.deepcopy(model).double()
+    ref_model.get_input_embeddings().weight.data = e.bfloat16().double()
+    set_kernel(packed, "dequant")
+    with torch.no_grad():
+        ref, out = ref_model(ids).logits, packed(ids).logits
+    assert out.dtype == torch.float32
+    err = float((out.double() - ref).abs().max())
+    assert 0 < err < 2 ** -6 * float(ref.abs().max())
+    trainable, _ = load_bitnet(tmp_path / "b16", trainable=True)  # training widens them back to float32
+    assert torch.equal(trainable.get_input_embeddings().weight, e.bfloat16().float())
+    export_hf(tmp_path / "b16", tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert torch.equal(plain.get_input_embeddings().weight, e.bfloat16().float())
+
+
 def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings):
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=6", "bitnet.warmup=3",
                       "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003")

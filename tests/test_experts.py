@@ -305,6 +305,10 @@ def test_the_stage_writes_experts_beside_the_unchanged_base_and_evaluates_two_pa
     assert sorted(p.name for p in (folder / "experts").iterdir()) == sorted(f"{d}.safetensors" for d in names)
     assert set(info["matrix"]) == {"base", *names} and info["values_per_expert"] == 2 * (64 + 64 + 64)
     assert info["dispatch_accuracy"]["linear"]["all"] >= 0.9
+    tables = {t.split(" ")[0]: rows for t, rows in info["tables"].items()}  # the forge report's tables
+    dispatch, matrix = tables["dispatch"]["rows"], tables["expert"]["rows"]
+    assert dispatch[0]["mode"] == "linear" and dispatch[0]["all"] == info["dispatch_accuracy"]["linear"]["all"]
+    assert matrix[0] == {"weights": "base", **info["matrix"]["base"]}
     m0, _ = load_model(str(ctx.store.get(base.outputs[0])))
     m1, tok = load_model(str(folder))
     p0 = dict(m0.named_parameters())

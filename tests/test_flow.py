@@ -6,6 +6,7 @@ import pytest
 
 import tasks.stage_task as stage_task_mod
 from agent_forge_core.errors import GateFailed, ModelLoadError
+from agent_forge_core.stages.registry import stage_names
 from agent_forge_core.store import CheckpointStore
 from conftest import TINY_OVERRIDES
 
@@ -59,6 +60,22 @@ def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls,
     report = Path(out["report"])
     assert report.is_file() and "## Lineage" in report.read_text()
     assert report.parent.name.startswith("cognate-set-")  # the whole run's report, not the first cognate's
+    # every pipeline stage is listed, in order, as run, cached or off with the reason
+    assert list(out["statuses"]) == stage_names()
+    assert out["statuses"]["import"] == "cached" and out["statuses"]["cognate"] == "run"
+    assert {s for n, s in out["statuses"].items() if n not in ("import", "cognate")} == {"off"}
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in report.read_text().split("## Stages")[1].split("\n## ")[0].split("\n")
+            if r.startswith("| ") and " | " in r}
+    assert "`bitnet.enabled=false`" in rows["bitnet"] and "perplexity 651" in rows["bitnet"]  # its measured note
+    for k in out["finals"]:
+        m = store.manifest(k)
+        row = rows[f"cognate[{m.info['variant']}]"]
+        base = store.manifest(m.parents[0])
+        ratio = m.metrics["perplexity"] / base.metrics["perplexity"]
+        assert f"×{ratio:.2f} input = base" in row and f"{m.info['wall_s']:.0f} s" in row
+        bits = 8 * sum(f["size"] for n, f in m.files.items() if n.endswith(".safetensors")) / base.info["parameters"]
+        assert f"| {bits:.2f} |" in row and 31 < bits < 33  # float32 weights
+    assert "(earlier run)" in rows["import"]  # a cached stage shows the time its checkpoint took when built
     assert (report.parent / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {r["stage"] for r in out["rows"]} == {"import", "cognate[reasoning]", "cognate[memory]", "cognate[language]"}
 

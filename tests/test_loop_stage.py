@@ -164,7 +164,7 @@ def test_bitnet_input_comes_out_bitnet_distilled_from_its_float_ancestor(tiny_se
     assert all(0 <= r["signal"] < 1 for r in perturb["steps"])  # the code-flip rate drove the controller
     # the write-back: latents trained in memory, saved packed, reloaded -> the in-memory model's logits exactly
     model, tok, ternary, fmt = load_input(Path(folder), ctx)
-    assert ternary and fmt == s.bitnet.packing
+    assert ternary and fmt == {"fmt": s.bitnet.packing, "embeddings": s.bitnet.embeddings}
     tr = Trainer(model, tok, s.loop, s.eval, s.loop.lr_bitnet, True)
     train_steps(0, s.loop.phases[0], tr, LoopState(), lambda step, cur: _batch(tok))
     ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids

@@ -32,7 +32,7 @@ from ..formats import bitnet as bitnet_format
 from ..model_io import load_model, save_model
 from ..stages.contract import Built, StageContext, StageSpec
 from .persona import expand, persona_prompt
-from .probes import PRIMARY, PROBES, recovery
+from .probes import PRIMARY, PROBES, probe_tables, recovery
 from .prompts import PROMPTS, TOOLS
 from .queries import training_queries
 from .settings import REFERENCE, BakingSettings
@@ -45,7 +45,7 @@ HISTORY_FILE = "baking_history.json"
 
 
 def load_input(folder, cfg: BakingSettings, device: str):
-    """(model, tokenizer, student kind, BitNet packing format or None)."""
+    """(model, tokenizer, student kind, BitNet storage layout (`save_bitnet`'s arguments) or None)."""
     if not bitnet_format.detect(folder):
         model, tok = load_model(str(folder), device=device)
         return model, tok, "lora", None
@@ -54,7 +54,7 @@ def load_input(folder, cfg: BakingSettings, device: str):
                           "baking.ternary_input=refuse; set baking.ternary_input=ste to train its latent weights "
                           "under the straight-through estimator, or set bitnet.enabled=false to bake the float model")
     model, tok = bitnet_format.load_bitnet(folder, trainable=True, device=device)
-    return model, tok, "latent", json.loads((folder / bitnet_format.META).read_text())["format"]
+    return model, tok, "latent", bitnet_format.layout(folder)
 
 
 def bake_prompts(model, tok, runtime, cfg: BakingSettings) -> dict[str, str]:
@@ -155,12 +155,13 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             "student": kind, "order": cfg.order, "departures": cfg.departures(REFERENCE), "probes": probes,
             "recovery": {b: recovery(p["base"], p["prompted"], p["baked"]) for b, p in probes.items()},
             "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order}, "input_s": input_s,
+            "tables": probe_tables(probes, forgetting),
             "loss": {n: {"objective": cfg.objective, "first": h["steps"][0]["loss"], "last": h["steps"][-1]["loss"],
                          "heldout_kl": [x["kl"] for x in h["heldout"]]} for n, h in history.items()},
         }
         folder = ctx.work_dir / f"baking-{uuid.uuid4().hex}"
         if fmt:
-            bitnet_format.save_bitnet(model, tok, folder, fmt)
+            bitnet_format.save_bitnet(model, tok, folder, **fmt)
         else:
             save_model(model, tok, folder)
         baked_tools = [t for b in cfg.order for t in TOOLS[b]]

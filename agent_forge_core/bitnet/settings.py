@@ -8,11 +8,15 @@ from ..settings_base import StageSection, known
 from ..training.distill import DistillSettings
 from ..training.focuses import check_focuses
 from .convert import SCHEDULES
+from .embeddings16 import DTYPES
 from .packing import FORMATS
 
 
 class BitnetSettings(StageSection):
     profiles = {"full": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
+    off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 651 against float 18.6 (x34.9; "
+                "bench/results/bitnet_levers.json, lever distill_lr_3e-3), which would leave every later stage a "
+                "model with nothing to train on")
 
     modules: list[str] = Field(
         default_factory=lambda: list(PROJECTIONS),
@@ -21,6 +25,8 @@ class BitnetSettings(StageSection):
     act_bits: int = Field(8, ge=2, le=8)
     norm: bool = Field(False, description="RMSNorm before activation quantization (the b1.58 SubLN).")
     packing: str = Field("base3", description="base3: 1.6 bits/weight; 2bit: faster unpacking.")
+    embeddings: str = Field("float32", description="Stored dtype of the (tied) embeddings and output head: float32, "
+                            "or bfloat16, which packed inference also multiplies the head in (bitnet/embeddings16.py).")
     schedule: str = Field("linear", description="lambda warm-up schedule: linear, exponential, sigmoid or none.")
     warmup: int = Field(30, ge=0, description="Steps over which quantization is ramped in (lambda 0 -> 1).")
     steps: int = Field(60, gt=0, description="QAT steps (0 would be post-training ternarization).")
@@ -49,6 +55,11 @@ class BitnetSettings(StageSection):
     @classmethod
     def _packing(cls, v: str) -> str:
         return known(v, FORMATS, "packing")
+
+    @field_validator("embeddings")
+    @classmethod
+    def _embeddings(cls, v: str) -> str:
+        return known(v, DTYPES, "embeddings dtype")
 
     @field_validator("schedule")
     @classmethod

@@ -89,7 +89,7 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[
         curve.record(cfg.steps)
         info["curve"] = curve.points
     folder = ctx.work_dir / f"bitnet-{uuid.uuid4().hex}"
-    info["bits"] = save_bitnet(model, tok, folder, cfg.packing)
+    info["bits"] = save_bitnet(model, tok, folder, cfg.packing, cfg.embeddings)
     info["train"] = stats.__dict__
     ctx.log.info("bitnet: loss %.3f -> %.3f, %.3f bits/weight overall",
                  stats.first_loss, stats.last_loss, info["bits"]["bits_per_weight_model"])

@@ -248,6 +248,13 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
         "dispatch_accuracy": dispatcher["accuracy"], "dispatch": cfg.dispatch, "timings": timings,
         "departures": {**cfg.train.departures(REFERENCE), **cfg.cem.departures(CEM_REFERENCE)},
     })
+    acc = dispatcher["accuracy"]
+    info["tables"] = {"dispatch accuracy per mode (test prompts per domain; other: share of text of no domain left "
+                      "on the base weights)": {"columns": ["mode", *next(iter(acc.values()), {})],
+                                               "rows": [{"mode": m, **a} for m, a in acc.items()]}}
+    if matrix:
+        info["tables"]["expert x task on the test split (row: the weights, base or one domain's expert)"] = {
+            "columns": ["weights", *names], "rows": [{"weights": row, **scores} for row, scores in matrix.items()]}
     if ternary_note:
         info["ternary_input"] = ternary_note
     ctx.log.info("experts: %d experts x %d values (%s); dispatch accuracy %s", len(experts), svf.n_values,

@@ -2,8 +2,9 @@
 
 Files: `model.safetensors` holds every tensor that is not a BitLinear weight (embeddings, norms, head)
 plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32 scalar); `bitnet.json` holds
-the format, activation bits, norm flag and each layer's shape; config, generation config and tokenizer
-as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers (inference) or BitLinear layers
+the format, activation bits, norm flag, the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as
+the packed model then also computes the head in, `bitnet/embeddings16.py`) and each layer's shape; config,
+generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers (inference) or BitLinear layers
 whose latent weights are the dequantized ternary values (to keep training).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..bitnet.bitlinear import BitLinear, PackedBitLinear
 from ..bitnet.convert import bit_layers
+from ..bitnet.embeddings16 import DTYPES, use_16bit_embeddings
 from ..bitnet.packing import bits_per_weight, pack, unpack
 from ..bitnet.ternary import dequant_weight, weight_codes
 from . import hf
@@ -36,20 +38,36 @@ def ternary_layers(folder: str | Path) -> dict[str, list[int]]:
     return json.loads(meta.read_text())["layers"] if meta.is_file() else {}
 
 
-def save_bitnet(model, tokenizer, folder: str | Path, fmt: str) -> dict:
-    """Write the packed checkpoint; returns the bits-per-weight account."""
+def embedding_names(model) -> set[str]:
+    """State-dict names of the input embedding and output head weights."""
+    ids = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
+
+
+def layout(folder: str | Path) -> dict[str, str]:
+    """`save_bitnet`'s storage arguments of a BitNet checkpoint (a stage that rewrites one keeps them)."""
+    meta = json.loads((Path(folder) / META).read_text())
+    return {"fmt": meta["format"], "embeddings": meta.get("embeddings", "float32")}
+
+
+def save_bitnet(model, tokenizer, folder: str | Path, fmt: str, embeddings: str = "float32") -> dict:
+    """Write the packed checkpoint, the embeddings (and an untied head) stored as `embeddings`; returns the
+    bits-per-weight account."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     layers = bit_layers(model)
     if not layers:
         raise ValueError("save_bitnet: the model has no BitLinear layers; convert it first")
+    if embeddings not in DTYPES:
+        raise ValueError(f"save_bitnet: embeddings={embeddings!r}; allowed: {list(DTYPES)}")
     tensors, meta_layers = {}, {}
     skip = {f"{n}.weight" for n in layers}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    emb = embedding_names(model)
     for name, t in model.state_dict().items():
         if name in skip or (tied and name == "lm_head.weight"):
             continue
-        tensors[name] = t.detach().contiguous().cpu()
+        tensors[name] = t.detach().to(DTYPES[embeddings] if name in emb else t.dtype).contiguous().cpu()
     for name, layer in layers.items():
         codes, gamma = weight_codes(layer.weight)
         tensors[f"{name}.packed"] = pack(codes, fmt)
@@ -57,17 +75,20 @@ def save_bitnet(model, tokenizer, folder: str | Path, fmt: str) -> dict:
         meta_layers[name] = list(layer.weight.shape)
     save_file(tensors, str(folder / "model.safetensors"))
     first = next(iter(layers.values()))
-    account = bits_account(model, fmt)
-    meta = {"format": fmt, "act_bits": first.act_bits, "norm": first.norm, "layers": meta_layers, "account": account}
+    account = bits_account(model, fmt, embedding_bits=torch.finfo(DTYPES[embeddings]).bits)
+    meta = {"format": fmt, "act_bits": first.act_bits, "norm": first.norm, "embeddings": embeddings,
+            "layers": meta_layers, "account": account}
     (folder / META).write_text(json.dumps(meta, indent=1))
     hf.write_side_files(model, tokenizer, folder)
     return account
 
 
-def bits_account(model, fmt: str) -> dict:
+def bits_account(model, fmt: str, embedding_bits: int | None = None) -> dict:
     """Bits per weight of the whole model: ternary layers at the packing's rate plus a 32-bit scale
-    each; every other parameter at its stored width (embeddings and head included; tied counted once)."""
+    each; every other parameter at its stored width (embeddings and head at `embedding_bits` where given;
+    tied counted once)."""
     layers = bit_layers(model)
+    emb = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in embedding_names(model)}
     ternary = sum(m.weight.numel() for m in layers.values())
     ternary_bits = sum(math.ceil(m.weight.numel() * bits_per_weight(fmt) / 8) * 8 + 32 for m in layers.values())
     bit_params = {id(m.weight) for m in layers.values()}
@@ -76,7 +97,7 @@ def bits_account(model, fmt: str) -> dict:
         if id(p) in bit_params:
             continue
         other += p.numel()
-        other_bits += p.numel() * p.element_size() * 8
+        other_bits += p.numel() * (embedding_bits if embedding_bits and id(p) in emb else p.element_size() * 8)
     total = ternary + other
     return {
         "ternary_params": ternary, "other_params": other,
@@ -103,7 +124,10 @@ def load(folder: str | Path, device: str = "cpu", **_options):
     return load_bitnet(folder, device=device)
 
 
-def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"):
+def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu", embeddings16: bool = True):
+    """The model of a BitNet checkpoint: PackedBitLinear layers (inference) or BitLinear layers with latent
+    weights (`trainable`). 16-bit stored embeddings are held and multiplied in 16 bits for inference
+    (`embeddings16`), else widened to float32 parameters (training, export)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
@@ -134,6 +158,9 @@ def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"
             f"{folder}: BitNet checkpoint does not match its config (missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}); it is incomplete or from another model: re-create it"
         )
+    dtype = DTYPES[meta.get("embeddings", "float32")]
+    if dtype != torch.float32 and embeddings16 and not trainable:  # stored 16-bit already: the cast is exact
+        use_16bit_embeddings(model, dtype)
     tok = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tok
 
@@ -144,7 +171,7 @@ def export_hf(folder: str | Path, out: str | Path) -> Path:
     are close to, not equal to, the packed inference path."""
     from torch import nn
 
-    model, tok = load_bitnet(folder)
+    model, tok = load_bitnet(folder, embeddings16=False)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, PackedBitLinear):
             lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)

@@ -56,7 +56,8 @@ def build(inputs: list[str], section: ImportSettings, ctx: StageContext, keys: d
         raise ModelLoadError(f"{m.source!r} needs its own modeling code (auto_map in its config); checkpoints never "
                              "carry code, so later stages could not load it: use a model whose architecture "
                              "transformers has built in")
-    yield Built(variant="", folder=folder, parent="", info={"source": m.source}, model=model, tokenizer=tok)
+    yield Built(variant="", folder=folder, parent="", info={"source": m.source, "parameters": model.num_parameters()},
+                model=model, tokenizer=tok)
 
 
 SPEC = StageSpec(

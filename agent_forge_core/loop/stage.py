@@ -54,10 +54,10 @@ def phase_key(key: str, k: int) -> str:
 
 
 def load_input(folder: Path, ctx: StageContext):
-    """(model with trainable weights, tokenizer, ternary?, packing format)."""
+    """(model with trainable weights, tokenizer, ternary?, BitNet storage layout: `save_bitnet`'s arguments)."""
     if bitnet_format.detect(folder):
         model, tok = bitnet_format.load_bitnet(folder, trainable=True, device=str(ctx.device))
-        return model, tok, True, json.loads((folder / bitnet_format.META).read_text())["format"]
+        return model, tok, True, bitnet_format.layout(folder)
     if compressed_format.detect(folder):
         raise ValueError(f"loop: the input {folder.name} is a compressed artifact; the loop trains before the final "
                          "compression (put loop before compression in the pipeline)")
@@ -90,9 +90,9 @@ def score_weights(ctx: StageContext, cfg: LoopSettings, metrics: dict) -> dict[s
     return {m: w for m, w in weights.items() if m in metrics}
 
 
-def save_output(model, tok, folder: Path, ternary: bool, packing: str | None) -> dict:
+def save_output(model, tok, folder: Path, ternary: bool, packing: dict | None) -> dict:
     if ternary:
-        return {"bits": bitnet_format.save_bitnet(model, tok, folder, packing)}
+        return {"bits": bitnet_format.save_bitnet(model, tok, folder, **packing)}
     save_model(model, tok, folder)
     return {}
 

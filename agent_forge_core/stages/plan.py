@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..errors import ConfigError
+from ..report import StageStatus
 from ..evals.tasks import EVAL_VERSION
 from ..keys import checkpoint_key, config_hash
 from .contract import StageSpec
-from .registry import get_stage, pipeline
+from .registry import available, get_stage, pipeline, stage_names
 
 
 def stage_config_hash(spec: StageSpec, settings) -> str:
@@ -105,3 +106,20 @@ def make_plan(settings) -> ForgePlan:
         stages.append(PlannedStage(name, inputs, keys))
         inputs = list(keys.values())
     return ForgePlan(stages)
+
+
+def off_reason(settings, name: str) -> str:
+    """Why a stage is not in the run: not built yet, or off in the settings (with the stage's own measured note,
+    its settings' `off_note`)."""
+    if name not in available():
+        return "not built in this version of Agent Forge"
+    note = type(settings.section(name)).off_note
+    return (f"`{name}.enabled=false` (profile {settings.profile}); `--set {name}.enabled=true` runs it"
+            + (f". {note}" if note else ""))
+
+
+def stage_statuses(settings, forge_plan: ForgePlan, reused: dict[str, bool]) -> list[StageStatus]:
+    """Every pipeline stage in order: run or cached (`reused[stage]`: every output was already stored), or off."""
+    planned = {s.name: s for s in forge_plan.stages}
+    return [StageStatus(n, "cached" if reused[n] else "run", tuple(planned[n].outputs)) if n in planned
+            else StageStatus(n, "off", reason=off_reason(settings, n)) for n in stage_names()]

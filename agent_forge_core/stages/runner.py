@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 
 from ..errors import GateFailed
 from ..evals.gates import enforce_gates
@@ -22,6 +23,7 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
     if missing:
         ch, cv = stage_config_hash(spec, ctx.settings), code_version(spec)
         n = len(missing)
+        since = time.monotonic()
         for i, built in enumerate(spec.build(list(inputs), section, ctx, missing)):
             key = keys[built.variant]
             if built.parent:
@@ -52,13 +54,15 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
                     raise
             manifest = Manifest(
                 key=key, stage=spec.name, parents=list(inputs), config_hash=ch, code_version=cv, metrics=metrics,
+                # wall_s: this output's build and evaluation (a stage's outputs are built one after another)
                 info={**built.info, "variant": built.variant, "compared_to": built.parent,
-                      "gates": [g.as_dict() for g in gates]},
+                      "gates": [g.as_dict() for g in gates], "wall_s": round(time.monotonic() - since, 1)},
             )
             ctx.store.put(key, built.folder, manifest, consume=True)
             shutil.rmtree(built.folder, ignore_errors=True)
             ctx.log.info("%s: wrote %s %s", spec.name, key, _fmt(metrics))
             ctx.progress((i + 1) / n, f"{spec.name}: wrote {key}")
+            since = time.monotonic()
     manifests = {k: ctx.store.manifest(k) for k in keys.values()}
     return StageResult(
         stage=spec.name,
