@@ -257,6 +257,20 @@ def test_step_factors_scale_each_bake_and_one_override_keeps_the_others():
         BakingSettings(step_factor={"persona": 0})
 
 
+def test_a_recall_counts_only_a_stated_value_and_a_read_back_only_an_answer_ending_at_the_read():
+    from agent_forge_core.agent.generate import Generation
+    from agent_forge_core.agent.markup import Call
+    from agent_forge_core.baking.probes import NUMBER, after_results, read_back
+
+    read = (Call("mem_read", "dog", 0, 26), "64")
+    stated = Generation(" <mem_read>dog</mem_read><result>64</result> 64", calls=[read])
+    ended = Generation(" <mem_read>dog</mem_read><result>64</result>", calls=[read])
+    other = Generation(" <mem_read>dog</mem_read><result>64</result> I do not know.", calls=[read])
+    calc = Generation(" <calc>60+4</calc><result>64</result>", calls=[(Call("calc", "60+4", 0, 18), "64")])
+    assert [NUMBER.search(after_results(g)) is not None for g in (stated, ended, other)] == [True, False, False]
+    assert [read_back(g) for g in (stated, ended, other, calc, Generation(" 64"))] == ["", "64", "", "", ""]
+
+
 def test_recovery_ratio():
     r = recovery({"a": 0.1, "b": 0.2}, {"a": 0.5, "b": 0.2}, {"a": 0.4, "b": 0.3})
     assert r["a"] == pytest.approx(0.75) and r["b"] is None

@@ -55,6 +55,14 @@ def after_results(g: Generation) -> str:
     return g.text[last:].split(">", 1)[1] if last >= 0 else g.text
 
 
+def read_back(g: Generation) -> str:
+    """The value an answer that ends at a memory read's result hands the user: that result (what a tool that
+    returns its output directly gives back); empty when the model wrote on after it or made no read."""
+    if not g.calls or after_results(g).strip() or g.calls[-1][0].tool != "mem_read":
+        return ""
+    return g.calls[-1][1]
+
+
 def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
     arith = get_task("arithmetic")
     exs = arith.examples("test", n, seed)
@@ -87,7 +95,9 @@ def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int
             "write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
             "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second),
             "recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]
-                            for g, r, k in zip(second, sets, keys))}
+                            for g, r, k in zip(second, sets, keys)),
+            # not the primary metric: the right value read back but never stated (the answer ends at the result)
+            "recall_read_back": _rate(read_back(g) == r[k] for g, r, k in zip(second, sets, keys))}
 
 
 def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
