@@ -93,9 +93,10 @@ def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in
     assert torch.equal(plain.get_input_embeddings().weight, e.bfloat16().float())
 
 
-def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings):
+@pytest.mark.parametrize("embeddings", ["float32", "bfloat16"])
+def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddings):
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=6", "bitnet.warmup=3",
-                      "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003")
+                      "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003", f"bitnet.embeddings={embeddings}")
     assert plan(s) == ["import", "bitnet"]
     ctx = make_context(s)
     base = run_stage_on("import", [], ctx)
@@ -107,11 +108,13 @@ def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings):
     assert set(m.info["ptq_metrics"]) == set(m.metrics)
     folder = ctx.store.get(key)
     meta = json.loads((folder / "bitnet.json").read_text())
-    assert meta["format"] == "base3" and len(meta["layers"]) == 14
-    # the file holds what the account says (plus the safetensors header)
+    assert meta["format"] == "base3" and len(meta["layers"]) == 14 and meta["embeddings"] == embeddings
+    # the file holds what the account says (plus the safetensors header): embeddings at their stored width
     size = (folder / "model.safetensors").stat().st_size
-    accounted = (bits["ternary_params"] * bits["bits_per_weight_ternary_layers"]
-                 + bits["other_params"] * 32) / 8
+    cfg = json.loads((folder / "config.json").read_text())
+    emb = cfg["vocab_size"] * cfg["hidden_size"]
+    accounted = (bits["ternary_params"] * bits["bits_per_weight_ternary_layers"] + (bits["other_params"] - emb) * 32
+                 + emb * torch.finfo(getattr(torch, meta["embeddings"])).bits) / 8
     assert accounted <= size <= accounted * 1.02 + 16_384
 
 
