@@ -49,6 +49,16 @@ OUT = Path(__file__).parent / "results" / "bitnet_speed.json"
 BITNET_CPP_X86 = (2.37, 6.17)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (ratios to float32 differ between machines: the previous runs' CPUs differ)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def held_bytes(model) -> int:
     seen = {}
     for t in [*model.parameters(), *model.buffers()]:
@@ -153,7 +163,7 @@ def main() -> None:
     out = {"rows": rows, "ratios": ratios, "agreement": agreement, "embeddings16_quality": quality,
            "bitnet_cpp_x86_speedup": BITNET_CPP_X86,
            "setup": {"batch": args.batch, "tokens": ids.shape[1], "new_tokens": args.new, "threads": args.threads,
-                     "repeats": args.repeats, "model": model_name, "torch": torch.__version__}}
+                     "repeats": args.repeats, "model": model_name, "torch": torch.__version__, "cpu": cpu_model()}}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=2))
     print(f"wrote {OUT}")
