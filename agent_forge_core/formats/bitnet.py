@@ -4,8 +4,8 @@ Files: `model.safetensors` holds every tensor that is not a BitLinear weight (em
 plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32 scalar); `bitnet.json` holds
 the format, activation bits, norm flag, the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as
 the packed model then also computes the head in, `bitnet/embeddings16.py`) and each layer's shape; config,
-generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers (inference) or BitLinear layers
-whose latent weights are the dequantized ternary values (to keep training).
+generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers
+(inference) or BitLinear layers whose latent weights are the dequantized ternary values (to keep training).
 """
 from __future__ import annotations
 
@@ -38,9 +38,14 @@ def ternary_layers(folder: str | Path) -> dict[str, list[int]]:
     return json.loads(meta.read_text())["layers"] if meta.is_file() else {}
 
 
+def embedding_ids(model) -> set[int]:
+    """ids of the input embedding and output head weights (one when tied)."""
+    return {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+
+
 def embedding_names(model) -> set[str]:
     """State-dict names of the input embedding and output head weights."""
-    ids = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    ids = embedding_ids(model)
     return {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
 
 
@@ -88,7 +93,7 @@ def bits_account(model, fmt: str, embedding_bits: int | None = None) -> dict:
     each; every other parameter at its stored width (embeddings and head at `embedding_bits` where given;
     tied counted once)."""
     layers = bit_layers(model)
-    emb = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in embedding_names(model)}
+    emb = embedding_ids(model)
     ternary = sum(m.weight.numel() for m in layers.values())
     ternary_bits = sum(math.ceil(m.weight.numel() * bits_per_weight(fmt) / 8) * 8 + 32 for m in layers.values())
     bit_params = {id(m.weight) for m in layers.values()}
