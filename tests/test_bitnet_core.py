@@ -14,6 +14,13 @@ def test_absmean_formula():
     assert gamma == pytest.approx(w.abs().mean().item())
     assert codes.tolist() == [[1, 0, 0], [-1, 1, 0]]  # round(w / gamma) clamped to [-1, 1]
     assert torch.equal(quant_weight(w), codes.float() * gamma)
+    codes, gamma = weight_codes(w, per_channel=True)  # one gamma per output row
+    assert gamma.shape == (2, 1) and torch.allclose(gamma[:, 0], w.abs().mean(1))
+    assert codes.tolist() == [[1, 0, 0], [-1, 1, 0]]  # row 0: gamma 0.207, row 1: 0.4
+    assert torch.equal(quant_weight(w, per_channel=True), codes.float() * gamma)
+    wide = torch.tensor([[1.0, 0.5, 0.0], [0.01, -0.02, 0.03]])  # a small row ternarizes only with its own scale
+    assert weight_codes(wide)[0][1].tolist() == [0, 0, 0]
+    assert weight_codes(wide, per_channel=True)[0][1].tolist() == [0, -1, 1]
 
 
 def test_activation_quant_is_per_token_8bit():
@@ -76,9 +83,12 @@ def test_ste_gradient_is_identity_through_quantizer():
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("norm", [False, True])
-def test_packed_inference_equals_fake_quant(fmt, norm):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_packed_inference_equals_fake_quant(fmt, norm, per_channel):
     torch.manual_seed(2)
-    layer = BitLinear(40, 24, bias=True, norm=norm)
+    layer = BitLinear(40, 24, bias=True, norm=norm, per_channel=per_channel)
+    with torch.no_grad():
+        layer.weight.mul_(torch.logspace(-2, 0, 24)[:, None])  # rows of very different sizes
     packed = PackedBitLinear.from_bitlinear(layer, fmt)
     x = torch.randn(2, 7, 40)
     with torch.no_grad():
@@ -90,14 +100,16 @@ def test_packed_inference_equals_fake_quant(fmt, norm):
         assert torch.allclose(packed(x), fake, rtol=1e-5, atol=1e-5 * float(fake.abs().max()))
 
 
-def test_int8_kernel_is_the_exact_integer_product():
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_kernel_is_the_exact_integer_product(per_channel):
     torch.manual_seed(3)
-    layer = BitLinear(576, 64, bias=False)
+    layer = BitLinear(576, 64, bias=False, per_channel=per_channel)
     packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    assert packed.gamma.shape == ((64, 1) if per_channel else ())
     x = torch.randn(5, 576) * 3
     q, s = activation_codes(x)
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127
-    exact = (q.double() @ packed.codes.double().t()) * (packed.gamma.double() / s.double())
+    exact = (q.double() @ packed.codes.double().t()) * (packed.gamma.double().reshape(-1) / s.double())
     with torch.no_grad():
         y = packed(x)
     assert torch.allclose(y.double(), exact, rtol=1e-6, atol=0)

@@ -7,6 +7,7 @@ from safetensors import safe_open
 from agent_forge_core.bitnet.bitlinear import BitLinear, PackedBitLinear, set_kernel
 from agent_forge_core.formats.bitnet import load_bitnet, save_bitnet
 from agent_forge_core.bitnet.convert import convert, lambda_at, set_lambda
+from agent_forge_core.bitnet.packing import packed_size
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import ConfigError
 from agent_forge_core.model_io import load_model
@@ -22,13 +23,13 @@ def test_lambda_schedules_ramp_from_zero_to_one(schedule):
     assert lambda_at(0, 10, "none") == 1.0
 
 
-@pytest.mark.parametrize("fmt", ["base3", "2bit"])
-def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt):
+@pytest.mark.parametrize("fmt,per_channel", [("base3", False), ("2bit", False), ("base3", True)])
+def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt, per_channel):
     model, tok = load_model(str(tiny_model_dir))
     ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids
     with torch.no_grad():
         ref = model(ids).logits
-    convert(model)
+    convert(model, per_channel=per_channel)
     set_lambda(model, 0.0)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref)  # lam = 0 is the original model
@@ -51,7 +52,18 @@ def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt):
     with torch.no_grad():
         assert torch.allclose(trainable(ids).logits, fake, atol=1e-4)  # training can resume from it
     expected = {"base3": 1.6, "2bit": 2.0}[fmt]
-    assert account["bits_per_weight_ternary_layers"] == pytest.approx(expected, rel=0.03)
+    if not per_channel:  # (the tiny model's 64-wide rows make per-row scales cost 0.5 bits/weight)
+        assert account["bits_per_weight_ternary_layers"] == pytest.approx(expected, rel=0.03)
+    # the account exactly: whole bytes of codes and 32 bits per scale, one per layer or one per output row
+    layers = [m for m in trainable.modules() if isinstance(m, BitLinear)]
+    assert all(m.per_channel == per_channel for m in layers)
+    bits = sum(packed_size(m.weight.numel(), fmt) * 8
+               + 32 * (m.out_features if per_channel else 1) for m in layers)
+    assert account["bits_per_weight_ternary_layers"] == pytest.approx(bits / sum(m.weight.numel() for m in layers))
+    assert json.loads((tmp_path / "bn" / "bitnet.json").read_text())["scales"] == ("channel" if per_channel else "tensor")
+    with safe_open(str(tmp_path / "bn" / "model.safetensors"), "pt") as f:
+        g = f.get_tensor("model.layers.0.self_attn.q_proj.gamma")
+    assert g.shape == ((layers[0].out_features,) if per_channel else (1,))
 
 
 def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in_bfloat16(tiny_model_dir, tmp_path):
@@ -93,10 +105,11 @@ def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in
     assert torch.equal(plain.get_input_embeddings().weight, e.bfloat16().float())
 
 
-@pytest.mark.parametrize("embeddings", ["float32", "bfloat16"])
-def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddings):
+@pytest.mark.parametrize("embeddings,scales", [("float32", "tensor"), ("bfloat16", "tensor"), ("float32", "channel")])
+def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddings, scales):
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=6", "bitnet.warmup=3",
-                      "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003", f"bitnet.embeddings={embeddings}")
+                      "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003", f"bitnet.embeddings={embeddings}",
+                      f"bitnet.scales={scales}")
     assert plan(s) == ["import", "bitnet"]
     ctx = make_context(s)
     base = run_stage_on("import", [], ctx)
@@ -104,11 +117,12 @@ def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddin
     (key,) = res.outputs
     m = ctx.store.manifest(key)
     bits = m.info["bits"]
-    assert bits["bits_per_weight_ternary_layers"] < 1.7 and bits["bits_per_weight_model"] < 32
+    assert bits["bits_per_weight_ternary_layers"] < (1.7 if scales == "tensor" else 2.2) and bits["bits_per_weight_model"] < 32
     assert set(m.info["ptq_metrics"]) == set(m.metrics)
     folder = ctx.store.get(key)
     meta = json.loads((folder / "bitnet.json").read_text())
     assert meta["format"] == "base3" and len(meta["layers"]) == 14 and meta["embeddings"] == embeddings
+    assert meta["scales"] == scales
     # the file holds what the account says (plus the safetensors header): embeddings at their stored width
     size = (folder / "model.safetensors").stat().st_size
     cfg = json.loads((folder / "config.json").read_text())

@@ -27,9 +27,9 @@ def check_kernel(kernel: str) -> None:
 
 class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, act_bits: int = 8,
-                 norm: bool = False, device=None, dtype=None):
+                 norm: bool = False, per_channel: bool = False, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.act_bits = act_bits
+        self.act_bits, self.per_channel = act_bits, per_channel  # per_channel: one gamma per output row
         # The b1.58 recipe normalizes activations before quantizing them (SubLN). Off by default when
         # converting a pretrained model: inputs of o_proj/down_proj are not normalized there, and a
         # parameter-free RMSNorm would change the function the model computes.
@@ -37,8 +37,9 @@ class BitLinear(nn.Linear):
         self.register_buffer("lam", torch.tensor(1.0), persistent=False)
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, act_bits: int = 8, norm: bool = False) -> "BitLinear":
-        new = cls(lin.in_features, lin.out_features, lin.bias is not None, act_bits, norm,
+    def from_linear(cls, lin: nn.Linear, act_bits: int = 8, norm: bool = False,
+                    per_channel: bool = False) -> "BitLinear":
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, act_bits, norm, per_channel,
                   device=lin.weight.device, dtype=lin.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(lin.weight)
@@ -54,9 +55,10 @@ class BitLinear(nn.Linear):
         lam = float(self.lam)
         if lam <= 0:
             return self.weight
+        q = quant_weight(self.weight, per_channel=self.per_channel)
         if lam >= 1.0 and not torch.is_grad_enabled():
-            return quant_weight(self.weight)
-        return self.weight + (lam * (quant_weight(self.weight) - self.weight)).detach()
+            return q
+        return self.weight + (lam * (q - self.weight)).detach()
 
     def effective_input(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prenorm(x)
@@ -72,7 +74,7 @@ class BitLinear(nn.Linear):
         return F.linear(self.effective_input(x), self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", act_bits={self.act_bits}, norm={self.norm}"
+        return super().extra_repr() + f", act_bits={self.act_bits}, norm={self.norm}, per_channel={self.per_channel}"
 
 
 class PackedBitLinear(nn.Module):
@@ -92,7 +94,8 @@ class PackedBitLinear(nn.Module):
         self.out_features, self.in_features = shape
         self.act_bits, self.norm, self.fmt, self.kernel = act_bits, norm, fmt, kernel
         self.register_buffer("codes", unpack(packed, shape, fmt))
-        self.register_buffer("gamma", gamma.float().reshape(()))
+        # a 0-d tensor scale, or one per output row as [out, 1] (broadcasts over the codes' rows)
+        self.register_buffer("gamma", gamma.float().reshape(()) if gamma.numel() == 1 else gamma.float().reshape(-1, 1))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.dtype = dtype
 
@@ -113,7 +116,7 @@ class PackedBitLinear(nn.Module):
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear, fmt: str) -> "PackedBitLinear":
-        codes, gamma = weight_codes(layer.weight)
+        codes, gamma = weight_codes(layer.weight, per_channel=layer.per_channel)
         return cls(pack(codes, fmt), gamma, tuple(layer.weight.shape), fmt,
                    None if layer.bias is None else layer.bias.detach(), layer.act_bits, layer.norm, layer.weight.dtype)
 

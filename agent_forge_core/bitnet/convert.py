@@ -36,12 +36,13 @@ def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
     raise ValueError(f"lambda schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def convert(model: nn.Module, modules=PROJECTIONS, act_bits: int = 8, norm: bool = False) -> list[str]:
+def convert(model: nn.Module, modules=PROJECTIONS, act_bits: int = 8, norm: bool = False,
+            per_channel: bool = False) -> list[str]:
     """Replace matching nn.Linear modules in place; returns their names."""
     replaced = []
     for name, mod in list(model.named_modules()):
         if isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and matches_suffix(name, modules):
-            model.set_submodule(name, BitLinear.from_linear(mod, act_bits, norm))
+            model.set_submodule(name, BitLinear.from_linear(mod, act_bits, norm, per_channel))
             replaced.append(name)
     if not replaced:
         raise ValueError(f"no nn.Linear module matches {modules}; check bitnet.modules against the model's layer names")

@@ -1,6 +1,8 @@
 """Settings of the BitNet b1.58 stage."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from ..architecture import PROJECTIONS
@@ -14,9 +16,9 @@ from .packing import FORMATS
 
 class BitnetSettings(StageSection):
     profiles = {"full": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
-    off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 651 against float 18.6 (x34.9; "
-                "bench/results/bitnet_levers.json, lever distill_lr_3e-3), which would leave every later stage a "
-                "model with nothing to train on")
+    off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 406 against float 18.6 (x21.8; "
+                "bench/results/bitnet_levers.json, lever distill_lr_3e-3_channel), which would leave every later stage "
+                "a model with nothing to train on")
 
     modules: list[str] = Field(
         default_factory=lambda: list(PROJECTIONS),
@@ -24,6 +26,10 @@ class BitnetSettings(StageSection):
     )
     act_bits: int = Field(8, ge=2, le=8)
     norm: bool = Field(False, description="RMSNorm before activation quantization (the b1.58 SubLN).")
+    scales: Literal["tensor", "channel"] = Field(
+        "channel", description="Weight scale gamma (absmean) per tensor (b1.58), or per output channel: 32 bits per "
+        "row more, +0.056 bits/weight on a 576-wide row, +0.021 on 1536 (bitnet/ternary.py). Measured at the quick "
+        "budget (bench/results/bitnet_levers.json): test perplexity 406 per channel vs 651 per tensor.")
     packing: str = Field("base3", description="base3: 1.6 bits/weight; 2bit: faster unpacking.")
     embeddings: str = Field("float32", description="Stored dtype of the (tied) embeddings and output head: float32, "
                             "or bfloat16, which packed inference also multiplies the head in (bitnet/embeddings16.py).")

@@ -2,6 +2,9 @@
 
 Weights, per tensor (absmean):   gamma = mean(|W|),  W~ = clamp(round(W / (gamma + eps)), -1, 1),
                                  effective weight = gamma * W~  (values in {-gamma, 0, +gamma}).
+  per output channel (`per_channel`): gamma_i = mean_j |W_ij| for each row i, W~_ij = clamp(round(W_ij /
+                                 (gamma_i + eps)), -1, 1): one scale per output instead of one per tensor
+                                 (32 bits per row more; 576 x 576: +0.056 bits/weight).
 Activations, per token (absmax): s = 127 / max(|x|) (clamped at 1e-5), x~ = clamp(round(x * s), -128, 127),
                                  effective activation = x~ / s.
 """
@@ -13,9 +16,10 @@ import torch.nn.functional as F
 EPS = 1e-5
 
 
-def weight_codes(w: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes in {-1, 0, 1} as int8, gamma as a 0-d float32 tensor)."""
-    gamma = w.detach().abs().float().mean()
+def weight_codes(w: torch.Tensor, eps: float = EPS, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in {-1, 0, 1} as int8, gamma as float32: 0-d, or [out, 1] with `per_channel`)."""
+    a = w.detach().abs().float()
+    gamma = a.mean(dim=-1, keepdim=True) if per_channel else a.mean()
     codes = torch.clamp(torch.round(w.detach().float() / (gamma + eps)), -1, 1).to(torch.int8)
     return codes, gamma
 
@@ -24,8 +28,8 @@ def dequant_weight(codes: torch.Tensor, gamma: torch.Tensor, dtype: torch.dtype)
     return codes.to(dtype) * gamma.to(dtype)
 
 
-def quant_weight(w: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    codes, gamma = weight_codes(w, eps)
+def quant_weight(w: torch.Tensor, eps: float = EPS, per_channel: bool = False) -> torch.Tensor:
+    codes, gamma = weight_codes(w, eps, per_channel)
     return dequant_weight(codes, gamma, w.dtype)
 
 

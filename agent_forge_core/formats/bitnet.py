@@ -1,8 +1,8 @@
 """The BitNet format: packed ternary codes on disk, never the dequantized floats.
 
 Files: `model.safetensors` holds every tensor that is not a BitLinear weight (embeddings, norms, head)
-plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32 scalar); `bitnet.json` holds
-the format, activation bits, norm flag, the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as
+plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32: [1], or [out] with one scale per
+output channel, `scales`); `bitnet.json` holds the format, activation bits, norm flag, the scales' layout, the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as
 the packed model then also computes the head in, `bitnet/embeddings16.py`) and each layer's shape; config,
 generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers
 (inference) or BitLinear layers whose latent weights are the dequantized ternary values (to keep training).
@@ -74,14 +74,15 @@ def save_bitnet(model, tokenizer, folder: str | Path, fmt: str, embeddings: str 
             continue
         tensors[name] = t.detach().to(DTYPES[embeddings] if name in emb else t.dtype).contiguous().cpu()
     for name, layer in layers.items():
-        codes, gamma = weight_codes(layer.weight)
+        codes, gamma = weight_codes(layer.weight, per_channel=layer.per_channel)
         tensors[f"{name}.packed"] = pack(codes, fmt)
-        tensors[f"{name}.gamma"] = gamma.reshape(1)
+        tensors[f"{name}.gamma"] = gamma.reshape(-1)
         meta_layers[name] = list(layer.weight.shape)
     save_file(tensors, str(folder / "model.safetensors"))
     first = next(iter(layers.values()))
     account = bits_account(model, fmt, embedding_bits=torch.finfo(DTYPES[embeddings]).bits)
     meta = {"format": fmt, "act_bits": first.act_bits, "norm": first.norm, "embeddings": embeddings,
+            "scales": "channel" if first.per_channel else "tensor",
             "layers": meta_layers, "account": account}
     (folder / META).write_text(json.dumps(meta, indent=1))
     hf.write_side_files(model, tokenizer, folder)
@@ -89,13 +90,14 @@ def save_bitnet(model, tokenizer, folder: str | Path, fmt: str, embeddings: str 
 
 
 def bits_account(model, fmt: str, embedding_bits: int | None = None) -> dict:
-    """Bits per weight of the whole model: ternary layers at the packing's rate plus a 32-bit scale
-    each; every other parameter at its stored width (embeddings and head at `embedding_bits` where given;
+    """Bits per weight of the whole model: ternary layers at the packing's rate plus a 32-bit scale per
+    layer (per output row with per-channel scales); every other parameter at its stored width (embeddings and head at `embedding_bits` where given;
     tied counted once)."""
     layers = bit_layers(model)
     emb = embedding_ids(model)
     ternary = sum(m.weight.numel() for m in layers.values())
-    ternary_bits = sum(math.ceil(m.weight.numel() * bits_per_weight(fmt) / 8) * 8 + 32 for m in layers.values())
+    ternary_bits = sum(math.ceil(m.weight.numel() * bits_per_weight(fmt) / 8) * 8
+                       + 32 * (m.out_features if m.per_channel else 1) for m in layers.values())
     bit_params = {id(m.weight) for m in layers.values()}
     other, other_bits = 0, 0
     for p in {id(p): p for p in model.parameters()}.values():
@@ -116,8 +118,12 @@ def latent_from_codes(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 
     With p the fraction of non-zero codes, W = codes * gamma / p has mean|W| = p * gamma / p = gamma, and
     round(W / gamma) = round(codes / p) clamps back to codes (|codes / p| >= 1 where codes != 0). So
-    training resumes from the same quantized function the packed checkpoint computes.
+    training resumes from the same quantized function the packed checkpoint computes. Per-channel gamma
+    ([out, 1]): the same per row, p counted in that row (an all-zero row stays zero).
     """
+    if gamma.dim() == 2:
+        p = (codes != 0).float().mean(dim=-1, keepdim=True)
+        return torch.where(p > 0, codes.float() * (gamma / p.clamp(min=1e-12)), torch.zeros(()))
     p = (codes != 0).float().mean()
     if p == 0:
         return torch.zeros_like(codes, dtype=torch.float32)
@@ -140,12 +146,13 @@ def load_bitnet(folder: str | Path, trainable: bool = False, device: str = "cpu"
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config)  # random init, overwritten below
     tensors = load_file(str(folder / "model.safetensors"))
-    fmt = meta["format"]
+    fmt, per_channel = meta["format"], meta.get("scales", "tensor") == "channel"
     for name, shape in meta["layers"].items():
-        packed, gamma = tensors.pop(f"{name}.packed"), tensors.pop(f"{name}.gamma")[0]
+        packed, gamma = tensors.pop(f"{name}.packed"), tensors.pop(f"{name}.gamma")
+        gamma = gamma.reshape(-1, 1) if per_channel else gamma[0]
         bias = tensors.pop(f"{name}.bias", None)
         if trainable:
-            layer = BitLinear(shape[1], shape[0], bias is not None, meta["act_bits"], meta["norm"])
+            layer = BitLinear(shape[1], shape[0], bias is not None, meta["act_bits"], meta["norm"], per_channel)
             with torch.no_grad():
                 layer.weight.copy_(latent_from_codes(unpack(packed, shape, fmt), gamma))
                 if bias is not None:
