@@ -136,6 +136,7 @@ def test_batched_answers_equal_the_tool_loop_calls_included(tiny):
                                max_calls=1, **kw)
         ref = [g.generate(model, tok, p, tools, prefix=x, max_calls=1, **kw) for p, x in zip(texts, prefixes)]
         assert [o.text for o in out] == [r.text for r in ref] and [o.calls for o in out] == [r.calls for r in ref]
+        assert [(o.ids, o.written) for o in out] == [(r.ids, r.written) for r in ref]  # what each model read
         assert seen == [0, 2, 4] and out[0].text.startswith(" <calc>17*3</calc><result>51</result>")
         assert [o.model_tokens for o in out] == [10] * 5 and out[3].calls == []  # history is not run again
     # sampled: reproducible per seed, and a different seed draws differently
@@ -227,6 +228,12 @@ def test_a_token_that_runs_past_a_closing_tag_is_taken_back(tiny, monkeypatch):
     batch = scripted(lambda: g.generate_batch(model, tok, prompts, {"calc": calculator_tool()}, **kw))
     alone = scripted(lambda: g.generate(model, tok, prompts[1], {"calc": calculator_tool()}, **kw))
     assert [x.text for x in batch] == [a.text, alone.text] and "<<" not in alone.text
+    # the answer's ids: the model's `><` kept as its own, the result after it as the executor's
+    merged = tok.convert_tokens_to_ids("><")
+    i = a.ids.index(merged)
+    assert a.ids == b.ids == batch[0].ids and a.written == b.written == batch[0].written
+    assert a.ids[:i] == script[:-1] and a.written[i] == 1 and a.written[i + 1] == 0
+    assert tok.decode(a.ids[i:i + a.written[i + 1:].index(1) + 1]) == "><result>51</result>"
 
 
 def test_dense_embeddings_are_the_mean_of_the_last_hidden_states_whatever_the_batching(tiny):

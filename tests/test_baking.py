@@ -20,7 +20,7 @@ from agent_forge_core.baking.settings import BakingSettings
 from agent_forge_core.baking.stage import bake_steps
 from agent_forge_core.baking.train import (_forward, accumulate, bake, kl_of, length_groups, make_student,
                                           teacher_logprobs)
-from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, encode, sample, segments
+from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, answer_ids, sample
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import ConfigError
 from agent_forge_core.model_io import load_model
@@ -41,7 +41,8 @@ def test_loss_equals_the_reference_formula_on_random_logits():
 
 def _traj(tok, prompt: str, query: str, answer: str) -> Trajectory:
     head = tok(f"{prompt}\n\n", add_special_tokens=False).input_ids if prompt else []
-    ids, mask = encode(tok, [(answer, True)])
+    ids = tok(answer + "\n", add_special_tokens=False).input_ids
+    mask = [1] * len(ids)
     return Trajectory(Query(query), head, tok(query, add_special_tokens=False).input_ids, ids, mask, answer)
 
 
@@ -73,28 +74,53 @@ def test_an_empty_prompt_gives_zero_kl_and_zero_gradient(tiny_model_dir, kind):
     assert max(p.grad.abs().max().item() for p in params if p.grad is not None) < 1e-6
 
 
-def test_trajectory_ids_align_under_both_masks_and_executor_tokens_carry_no_loss(tiny_model_dir):
+def test_trajectory_ids_are_the_ids_the_model_read_and_executor_tokens_carry_no_loss(tiny_model_dir):
+    from agent_forge_core.agent.generate import generate_batch
+
     model, tok = load_model(str(tiny_model_dir))
     calc = calculator_tool()
-    g = Generation(text=" <calc>17*3</calc><result>51</result> so 51", calls=[(Call("calc", "17*3", 1, 18), "51")])
-    pieces = segments(g, {"calc": calc})
-    assert pieces == [(" <calc>17*3</calc>", True), ("<result>51</result>", False), (" so 51", True)]
-    ids, mask = encode(tok, pieces)
+    query = "Q: 17*3?\nA:"
+    # an answer that opens with a call (an assistant prefix): the runtime runs it and the model writes on
+    (g,) = generate_batch(model, tok, [query], {"calc": calc}, prefixes=[" <calc>17*3</calc>"], max_new_tokens=6)
+    ids, mask = answer_ids(g)
     result_ids = tok("<result>51</result>", add_special_tokens=False).input_ids
-    start = len(tok(" <calc>17*3</calc>", add_special_tokens=False).input_ids)
-    assert ids[start:start + len(result_ids)] == result_ids and not any(mask[start:start + len(result_ids)])
-    assert all(mask[:start]) and all(mask[start + len(result_ids):])
-    t = Trajectory(Query("Q: 17*3?\nA:"), tok("Use the calculator.\n\n", add_special_tokens=False).input_ids,
-                   tok("Q: 17*3?\nA:", add_special_tokens=False).input_ids, ids, mask)
+    assert g.calls[0][1] == "51" and ids[:len(result_ids)] == result_ids and not any(mask[:len(result_ids)])
+    assert all(mask[len(result_ids):]) and len(ids) == len(result_ids) + g.model_tokens
+    head = tok(query + " <calc>17*3</calc>", add_special_tokens=False).input_ids
+    t = Trajectory(Query(query), tok("Use the calculator.\n\n", add_special_tokens=False).input_ids,
+                   head, ids, mask)
     assert aligned(t)
+    # the ids are those the model read: teacher-forced, its greedy choice at each written position is the token
+    ids_s, mask_s = t.student_ids()
+    logits = model(input_ids=torch.tensor([ids_s])).logits[0, :-1]
+    at = torch.tensor(mask_s[1:]).bool()
+    assert torch.equal(logits[at].argmax(-1), torch.tensor(ids_s[1:])[at])
     # the loss sees exactly the model's tokens: as many rows as mask ones (each predicted from the one before)
     rows = _forward(model, [t.student_ids()], tok.pad_token_id)
     assert rows.shape[0] == sum(mask) == teacher_logprobs(model, [t], tok.pad_token_id)[0].shape[0]
-    ids_s, mask_s = t.student_ids()  # the head applied at those positions only: the model's own logits there
-    full = model(input_ids=torch.tensor([ids_s])).logits[0, :-1][torch.tensor(mask_s[1:]).bool()]
-    assert torch.allclose(rows, full, atol=1e-5)
+    assert torch.allclose(rows, logits[at], atol=1e-5)
     broken = Trajectory(t.query, t.prompt_ids, t.query_ids, ids, [0] * len(ids))
     assert not aligned(broken)  # nothing generated: nothing to align (and nothing to learn)
+
+
+def test_a_token_written_across_a_call_and_its_result_stays_the_models_token(tiny_model_dir):
+    """The model may write the call's closing `>` and the next tag's `<` as one token (`><`); the generator takes
+    it back, feeds the result from the `>` on, and the answer's ids keep what the model read."""
+    from agent_forge_core.agent.generate import _Answer
+
+    _, tok = load_model(str(tiny_model_dir))
+    tok.add_tokens(["><"])  # as SmolLM2's vocabulary has it (the tiny one does not; no model runs here)
+    merged = tok("><", add_special_tokens=False).input_ids
+    assert len(merged) == 1
+    a = _Answer(tok, "Q: 17*3?\nA:", "", {"calc": calculator_tool()}, frozenset(), 32, 4, True, lambda e: None)
+    for t in tok(" <calc>17*3</calc", add_special_tokens=False).input_ids + merged:
+        assert a.add(t, tok.eos_token_id)
+    take_back, new = a.run_call(a.pending_call())
+    assert take_back and a.out.text.endswith("</calc><result>51</result>")
+    fed = tok("><result>51</result>", add_special_tokens=False).input_ids
+    assert new == fed and a.out.ids[-len(fed):] == fed
+    assert a.out.written[-len(fed):] == [1] + [0] * (len(fed) - 1)  # `><` is the model's, the rest the executor's
+    assert a.ids[-len(a.out.ids):] == a.out.ids  # the answer's ids are the tail of what the model reads
 
 
 def test_teacher_logprobs_with_the_prompt_read_once_equal_the_whole_prompted_rows(tiny_model_dir):
@@ -108,6 +134,12 @@ def test_teacher_logprobs_with_the_prompt_read_once_equal_the_whole_prompted_row
         ids, mask = t.teacher_ids()
         ref = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1][torch.tensor(mask[1:]).bool()], -1)
         assert g.shape == ref.shape and torch.allclose(g, ref, atol=1e-4)
+    # a teacher temperature T: log softmax(z / T), the same as renormalising the T = 1 log-probabilities / T
+    sharp = teacher_logprobs(model, trajs, tok.pad_token_id, batch_size=2, temperature=0.5)
+    for g, s in zip(got, sharp):
+        assert torch.allclose(s, torch.log_softmax(g / 0.5, -1), atol=1e-4)
+        assert (s.argmax(-1) == g.argmax(-1)).all()
+        assert (-(s.exp() * s).sum(-1) < -(g.exp() * g).sum(-1)).all()  # sharper: lower entropy everywhere
 
 
 @pytest.mark.parametrize("objective", ["kl", "sft"])

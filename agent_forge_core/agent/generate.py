@@ -44,6 +44,14 @@ class Generation:
     pending: Call | None = None  # a call left for the client (a tool in `pause_on`)
     model_tokens: int = 0
     finish: str = "stop"  # stop | length | tool_calls
+    # the answer's token ids exactly as the model read them (after the prompt and prefix), each marked 1 if the
+    # model wrote it, 0 if the executor inserted it; `end`: the token that ended the answer (end-of-sequence, or
+    # the one holding the newline), written but never read. Training on generated answers (baking) uses these
+    # ids: re-tokenizing the text gives other ids where a call meets its result (`</calc><` is one token
+    # when the model writes it, two when the pieces are tokenized apart), and so another context.
+    ids: list[int] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)
+    end: int | None = None
 
 
 class _Answer:
@@ -82,19 +90,23 @@ class _Answer:
             result, inserted = "error: call limit reached", wrap(RESULT, "error: call limit reached")
         out.calls.append((call, result))
         self.emit(Event("result", inserted))
-        refeed, take_back = "", False
+        refeed, take_back, popped = "", False, None
         overrun = len(out.text) - self.scanned  # text the call's last token wrote past its closing tag
         if 0 < overrun <= len(self.last_piece):
             # that token is taken back and the tag's end fed again with the result, so the model reads
             # `</calc><result>` and not e.g. `</calc><<result>`
             out.text, refeed = out.text[:self.scanned], self.last_piece[:len(self.last_piece) - overrun]
-            self.ids.pop()
+            popped = self.ids.pop()
+            out.ids.pop(), out.written.pop()
             take_back = True
         out.text += inserted
         self.scanned = len(out.text)
         self.last_piece = ""
         new = self.tok(refeed + inserted, add_special_tokens=False).input_ids
         self.ids += new
+        out.ids += new
+        # a result fed again from the token taken back keeps that token as the model's where it is the same id
+        out.written += [int(i == 0 and t == popped) for i, t in enumerate(new)]
         return take_back, new
 
     def out_of_tokens(self) -> bool:
@@ -106,7 +118,7 @@ class _Answer:
         """Append the model's token; False when it ended the answer (end-of-sequence or a newline)."""
         self.out.model_tokens += 1
         if tok == eos:
-            self.done = True
+            self.out.end, self.done = tok, True
             return False
         piece = _decoded_piece(self.tok, self.ids[self.n_prompt:], tok)
         if self.stop_at_newline and "\n" in piece:
@@ -114,11 +126,13 @@ class _Answer:
             self.out.text += piece
             if piece:
                 self.emit(Event("text", piece))
-            self.done = True
+            self.out.end, self.done = tok, True
             return False
         self.out.text += piece
         self.last_piece = piece
         self.ids.append(tok)
+        self.out.ids.append(tok)
+        self.out.written.append(1)
         self.emit(Event("text", piece))
         return True
 

@@ -40,7 +40,7 @@ from ..training.precision import autocast
 from .train import bake
 from .trajectories import sample
 
-VERSION = 4  # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake
+VERSION = 5  # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: the generator's ids
 HISTORY_FILE = "baking_history.json"
 
 

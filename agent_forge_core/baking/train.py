@@ -68,9 +68,10 @@ def head_cache(model, ids: list[int]):
 
 @torch.no_grad()
 def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: int = 8,
-                     read_prompt_once: bool = True) -> list[torch.Tensor]:
-    """Per trajectory, the prompted model's log-probabilities at its generated positions (float32: with an
-    empty prompt the KL is exactly 0; 128 trajectories of 40 tokens over a 49k vocabulary hold 1 GB).
+                     read_prompt_once: bool = True, temperature: float = 1.0) -> list[torch.Tensor]:
+    """Per trajectory, the prompted model's log-probabilities log softmax(z / T) at its generated positions
+    (float32: with an empty prompt and T = 1 the KL is exactly 0; 128 trajectories of 40 tokens over a 49k
+    vocabulary hold 1 GB).
     A bake's trajectories share their prompt: it is read once and its cache serves every batch (the prompt
     with two demonstrations is most of each prompted row)."""
     model.eval()
@@ -82,7 +83,7 @@ def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: in
     for i in range(0, len(trajs), batch_size):
         chunk = trajs[i:i + batch_size]
         rows = [t.student_ids() for t in chunk] if head else [t.teacher_ids() for t in chunk]
-        logp = torch.log_softmax(_forward(model, rows, pad_id, head=head).float(), dim=-1)
+        logp = torch.log_softmax(_forward(model, rows, pad_id, head=head).float() / temperature, dim=-1)
         sizes = [sum(t.teacher_ids()[1][1:]) for t in chunk]
         out += [x.cpu() for x in torch.split(logp, sizes)]
     return out
@@ -172,8 +173,8 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
     bad = [t.text for t in trajs + heldout if not aligned(t)]
     if bad:
         raise ValueError(f"trajectory ids differ under the prompted and unprompted masks: {bad[:2]}")
-    own = teacher_logprobs(model, trajs, pad_id)
-    held_targets = teacher_logprobs(model, heldout, pad_id)
+    own = teacher_logprobs(model, trajs, pad_id, temperature=cfg.teacher_temperature)
+    held_targets = teacher_logprobs(model, heldout, pad_id, temperature=cfg.teacher_temperature)
     pool, targets = list(trajs) + [t for t, _ in replay], own + [x for _, x in replay]
     student, params = make_student(model, kind, cfg, cfg.seed)
     lr = cfg.lr if kind == "lora" else cfg.ste_lr

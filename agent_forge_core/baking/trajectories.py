@@ -2,16 +2,20 @@
 mask of the positions the model wrote (1) and the executor inserted (0: no loss).
 
 The prompted and the unprompted inputs share the answer's ids by construction, `prompt ids + query ids +
-answer ids` and `query ids + answer ids`, each piece tokenized on its own; `aligned` checks it (the
-reference asserts the same on its masks). Executor results are located in the answer text as the runtime
-inserted them (`markup.wrap`), so the mask follows the runtime exactly.
+answer ids` and `query ids + answer ids`; `aligned` checks it (the reference asserts the same on its masks).
+The answer's ids are the generator's own (`Generation.ids`): the tokens the model read while writing it, with
+the executor's results as the runtime fed them (mask 0). Re-tokenizing the answer text piece by piece gave
+other ids where a call meets its result (the model writes `</mem_read><` as one token and reads the result
+after it; the pieces tokenized apart read `>` then `<result>`), and the student, trained on that context,
+met the other one when it answered (measured on the memory bake: after a found value the baked model's
+next-token probabilities of going on / ending were 0.26 / 0.23 in the re-tokenized context, 0.24 / 0.33 in
+the generator's, so greedy answers ended at the result).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..agent.generate import Generation, generate_batch
-from ..agent.markup import RESULT, wrap
 
 
 @dataclass(frozen=True)
@@ -45,30 +49,12 @@ def aligned(t: Trajectory) -> bool:
     return [i for i, m in zip(ti, tm) if m] == [i for i, m in zip(si, sm) if m] and any(tm)
 
 
-def segments(g: Generation, tools: dict) -> list[tuple[str, bool]]:
-    """The answer as (text, written by the model) pieces: each executed call's inserted result is a piece
-    of its own, exactly as the runtime wrote it after the call."""
-    out, pos = [], 0
-    for call, result in g.calls:
-        tag = tools[call.tool].result_tag if call.tool in tools and result != "error: call limit reached" else RESULT
-        inserted = wrap(tag, result)
-        at = g.text.find(inserted, pos)
-        if at < 0:  # cannot happen with the runtime's own generations; a foreign text gets no masking guess
-            raise ValueError(f"result {inserted!r} not found in the generation {g.text!r}")
-        out += [(g.text[pos:at], True), (inserted, False)]
-        pos = at + len(inserted)
-    out.append((g.text[pos:], True))
-    return [(t, m) for t, m in out if t]
-
-
-def encode(tokenizer, pieces: list[tuple[str, bool]], end: str = "\n") -> tuple[list[int], list[int]]:
-    """Token ids and loss mask of the pieces, plus the line end the model wrote to stop (a target too)."""
-    ids, mask = [], []
-    for text, written in [*pieces, (end, True)] if end else pieces:
-        t = tokenizer(text, add_special_tokens=False).input_ids
-        ids += t
-        mask += [int(written)] * len(t)
-    return ids, mask
+def answer_ids(g: Generation) -> tuple[list[int], list[int]]:
+    """The answer's ids as the model read them while writing it, and its mask (1: written by the model, 0:
+    inserted by the executor), plus the token that ended it (a target: the model wrote it) when it stopped."""
+    if g.end is None:
+        return list(g.ids), list(g.written)
+    return [*g.ids, g.end], [*g.written, 1]
 
 
 def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], temperature: float, max_new_tokens: int,
@@ -86,7 +72,7 @@ def sample(model, tokenizer, runtime, prompt: str, queries: list[Query], tempera
                           before_call=in_session(runtime, sessions))
     out = []
     for q, g in zip(queries, gens):
-        ids, mask = encode(tokenizer, segments(g, runtime.tools), "\n" if g.finish == "stop" else "")
+        ids, mask = answer_ids(g)
         if not any(mask):
             continue
         out.append(Trajectory(q, head, tokenizer(q.text, add_special_tokens=False).input_ids, ids, mask, g.text))
