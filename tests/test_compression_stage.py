@@ -118,7 +118,10 @@ def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
     packed, src = load_file(str(folder / PAYLOAD)), load_file(str(bit_folder / "model.safetensors"))
     name = ternary[0].removesuffix(".weight")
     assert torch.equal(packed[f"{name}.weight::packed"], src[f"{name}.packed"])
-    assert entries[ternary[0]]["bits_per_weight"] < 1.7
+    assert torch.equal(packed[f"{name}.weight::gamma"], src[f"{name}.gamma"])  # one scale per output row
+    rows, cols = entries[ternary[0]]["shape"]
+    assert src[f"{name}.gamma"].shape == (rows,)
+    assert entries[ternary[0]]["bits_per_weight"] == pytest.approx((-(-rows * cols // 5) * 8 + 32 * rows) / (rows * cols))
     a, tok = load_model(str(folder))
     b, _ = load_model(str(bit_folder))
     ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids

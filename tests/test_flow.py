@@ -172,7 +172,8 @@ def test_flow_import_then_bitnet(overrides, tmp_path):
     assert out["stages"] == ["import", "bitnet"]
     (final,) = out["finals"]
     m = CheckpointStore(f"{tmp_path}/store").manifest(final)
-    assert m.stage == "bitnet" and m.info["bits"]["bits_per_weight_ternary_layers"] < 1.7
+    # 1.6 bits per code plus a 32-bit scale per output row (the tiny model's rows are 64 and 128 wide)
+    assert m.stage == "bitnet" and 1.6 + 32 / 128 < m.info["bits"]["bits_per_weight_ternary_layers"] < 1.6 + 32 / 64
     assert "bitnet.json" in m.files and "perplexity" in m.metrics
 
 
