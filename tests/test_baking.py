@@ -6,8 +6,6 @@ import re
 import pytest
 import torch
 
-from agent_forge_core.agent.generate import Generation
-from agent_forge_core.agent.markup import Call
 from agent_forge_core.agent.runtime import Runtime
 from agent_forge_core.agent.settings import AgentSettings, RuntimeSpec
 from agent_forge_core.agent.tools import calculator_tool

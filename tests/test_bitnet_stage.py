@@ -60,7 +60,8 @@ def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt, p
     bits = sum(packed_size(m.weight.numel(), fmt) * 8
                + 32 * (m.out_features if per_channel else 1) for m in layers)
     assert account["bits_per_weight_ternary_layers"] == pytest.approx(bits / sum(m.weight.numel() for m in layers))
-    assert json.loads((tmp_path / "bn" / "bitnet.json").read_text())["scales"] == ("channel" if per_channel else "tensor")
+    meta = json.loads((tmp_path / "bn" / "bitnet.json").read_text())
+    assert meta["scales"] == ("channel" if per_channel else "tensor")
     with safe_open(str(tmp_path / "bn" / "model.safetensors"), "pt") as f:
         g = f.get_tensor("model.layers.0.self_attn.q_proj.gamma")
     assert g.shape == ((layers[0].out_features,) if per_channel else (1,))
@@ -117,7 +118,8 @@ def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddin
     (key,) = res.outputs
     m = ctx.store.manifest(key)
     bits = m.info["bits"]
-    assert bits["bits_per_weight_ternary_layers"] < (1.7 if scales == "tensor" else 2.2) and bits["bits_per_weight_model"] < 32
+    assert bits["bits_per_weight_ternary_layers"] < (1.7 if scales == "tensor" else 2.2)
+    assert bits["bits_per_weight_model"] < 32
     assert set(m.info["ptq_metrics"]) == set(m.metrics)
     folder = ctx.store.get(key)
     meta = json.loads((folder / "bitnet.json").read_text())

@@ -121,7 +121,8 @@ def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
     assert torch.equal(packed[f"{name}.weight::gamma"], src[f"{name}.gamma"])  # one scale per output row
     rows, cols = entries[ternary[0]]["shape"]
     assert src[f"{name}.gamma"].shape == (rows,)
-    assert entries[ternary[0]]["bits_per_weight"] == pytest.approx((-(-rows * cols // 5) * 8 + 32 * rows) / (rows * cols))
+    code_bits = -(-rows * cols // 5) * 8  # base3: whole bytes of 5 codes
+    assert entries[ternary[0]]["bits_per_weight"] == pytest.approx((code_bits + 32 * rows) / (rows * cols))
     a, tok = load_model(str(folder))
     b, _ = load_model(str(bit_folder))
     ids = tok("Q: Records: cat=41; sun=7. What is the value of sun?\nA:", return_tensors="pt").input_ids

@@ -47,8 +47,8 @@ class Generation:
     # the answer's token ids exactly as the model read them (after the prompt and prefix), each marked 1 if the
     # model wrote it, 0 if the executor inserted it; `end`: the token that ended the answer (end-of-sequence, or
     # the one holding the newline), written but never read. Training on generated answers (baking) uses these
-    # ids: re-tokenizing the text gives other ids where a call meets its result (`</calc><` is one token
-    # when the model writes it, two when the pieces are tokenized apart), and so another context.
+    # ids: re-tokenizing the text gives other ids where a call meets its result (the call's `>` and the result's
+    # `<` are one token `><` when the model writes them, two when the pieces are tokenized apart), another context.
     ids: list[int] = field(default_factory=list)
     written: list[int] = field(default_factory=list)
     end: int | None = None

@@ -40,7 +40,9 @@ from ..training.precision import autocast
 from .train import bake
 from .trajectories import sample
 
-VERSION = 5  # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: the generator's ids
+# 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: trajectories
+# keep the generator's ids
+VERSION = 5
 HISTORY_FILE = "baking_history.json"
 
 

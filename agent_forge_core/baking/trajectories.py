@@ -5,11 +5,11 @@ The prompted and the unprompted inputs share the answer's ids by construction, `
 answer ids` and `query ids + answer ids`; `aligned` checks it (the reference asserts the same on its masks).
 The answer's ids are the generator's own (`Generation.ids`): the tokens the model read while writing it, with
 the executor's results as the runtime fed them (mask 0). Re-tokenizing the answer text piece by piece gave
-other ids where a call meets its result (the model writes `</mem_read><` as one token and reads the result
-after it; the pieces tokenized apart read `>` then `<result>`), and the student, trained on that context,
-met the other one when it answered (measured on the memory bake: after a found value the baked model's
-next-token probabilities of going on / ending were 0.26 / 0.23 in the re-tokenized context, 0.24 / 0.33 in
-the generator's, so greedy answers ended at the result).
+other ids where a call meets its result (the model writes the call's `>` and the next tag's `<` as one
+token `><` and reads the result after it; the pieces tokenized apart read `>` then `<result>`), and the
+student, trained on that context, met the other one when it answered (measured on the memory bake: after a
+found value the baked model's next-token probabilities of going on / ending were 0.26 / 0.23 in the
+re-tokenized context, 0.24 / 0.33 in the generator's, so greedy answers ended at the result).
 """
 from __future__ import annotations
 

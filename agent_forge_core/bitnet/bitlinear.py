@@ -95,7 +95,7 @@ class PackedBitLinear(nn.Module):
         self.act_bits, self.norm, self.fmt, self.kernel = act_bits, norm, fmt, kernel
         self.register_buffer("codes", unpack(packed, shape, fmt))
         # a 0-d tensor scale, or one per output row as [out, 1] (broadcasts over the codes' rows)
-        self.register_buffer("gamma", gamma.float().reshape(()) if gamma.numel() == 1 else gamma.float().reshape(-1, 1))
+        self.register_buffer("gamma", gamma.float().reshape(() if gamma.numel() == 1 else (-1, 1)))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.dtype = dtype
 

@@ -59,8 +59,9 @@ def supports(bits: int) -> bool:
 
 def ternary_linear(x: torch.Tensor, codes: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
                    bits: int = 8, norm: bool = False) -> torch.Tensor:
-    """y = (gamma / s) * (x~ @ codes^T) + bias (gamma per output row where it has one), with `codes` the int8 weight codes [out, in] (row-major: its
-    transpose is the column-major right operand, measured faster than a row-major one on CPU)."""
+    """y = (gamma / s) * (x~ @ codes^T) + bias (gamma per output row where it has one), with `codes` the int8
+    weight codes [out, in] (row-major: its transpose is the column-major right operand, measured faster than a
+    row-major one on CPU)."""
     shape = x.shape
     q, scale = input_codes(x, bits, norm)
     # gamma: 0-d (one per tensor) or [out, 1] (one per output row, applied along y's last axis)

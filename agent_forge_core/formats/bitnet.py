@@ -2,9 +2,9 @@
 
 Files: `model.safetensors` holds every tensor that is not a BitLinear weight (embeddings, norms, head)
 plus, per BitLinear, `<name>.packed` (uint8) and `<name>.gamma` (float32: [1], or [out] with one scale per
-output channel, `scales`); `bitnet.json` holds the format, activation bits, norm flag, the scales' layout, the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as
-the packed model then also computes the head in, `bitnet/embeddings16.py`) and each layer's shape; config,
-generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers
+output channel, `scales`); `bitnet.json` holds the format, activation bits, norm flag, the scales' layout,
+the embeddings' stored dtype (`embeddings`: float32, or bfloat16 as the packed model then also computes the
+head in, `bitnet/embeddings16.py`) and each layer's shape; config, generation config and tokenizer as usual. `load_bitnet` rebuilds the model with PackedBitLinear layers
 (inference) or BitLinear layers whose latent weights are the dequantized ternary values (to keep training).
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ def save_bitnet(model, tokenizer, folder: str | Path, fmt: str, embeddings: str 
 
 def bits_account(model, fmt: str, embedding_bits: int | None = None) -> dict:
     """Bits per weight of the whole model: ternary layers at the packing's rate plus a 32-bit scale per
-    layer (per output row with per-channel scales); every other parameter at its stored width (embeddings and head at `embedding_bits` where given;
-    tied counted once)."""
+    layer (per output row with per-channel scales); every other parameter at its stored width (embeddings and
+    head at `embedding_bits` where given; tied counted once)."""
     layers = bit_layers(model)
     emb = embedding_ids(model)
     ternary = sum(m.weight.numel() for m in layers.values())

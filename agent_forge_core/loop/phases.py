@@ -57,7 +57,8 @@ class Trainer:
         self.noise_gen = torch.Generator().manual_seed(self.cfg.seed + 7)
 
     def codes(self) -> dict[str, torch.Tensor]:
-        return {n: weight_codes(m.weight.detach(), per_channel=m.per_channel)[0] for n, m in bit_layers(self.model).items()}
+        return {n: weight_codes(m.weight.detach(), per_channel=m.per_channel)[0]
+                for n, m in bit_layers(self.model).items()}
 
     def stability(self, batch, codes_before) -> float:
         """Ternary: code flips per weight in this step. Float: the depth-Lyapunov proxy on the batch's first row."""
