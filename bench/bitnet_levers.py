@@ -22,6 +22,13 @@ Levers (`--levers`, any subset, in order):
   (`bitnet.scales=channel`; 32 bits per row: +0.056 bits/weight on 576-wide rows, +0.021 on 1536): 406 vs 651
   (x0.62), now the stage's default; distill_lr_1e-2 gave 3,284 (unstable: 2.9e14 at 23k tokens).
 - channel_no_warmup: the default recipe (distill_lr_3e-3_channel) quantizing from the first step: 1,494 (x3.7).
+- channel_30min: the default recipe given the 30-minute QAT budget on 2 cores (`bitnet.steps` = BUDGET_30MIN_STEPS,
+  the same 30-step lambda ramp; its QAT wall time is `train.qat_s`), the issue's "within 5x of float" goal:
+  85 steps took 1,852 s; test perplexity 232 (x12.5 float), out-of-domain 513; the validation curve ends at 59
+  (x3.2 float's 18.66 on the same 2,048 validation tokens; the ternary model reads the test text far worse than
+  that, float reads both alike: 16.9 on the test's first 2,048).
+- channel_30min_natural_text: channel_30min on natural text only (the pydoc train split; the in-domain perplexity
+  is pydoc text too, so its out-of-domain perplexity is the fairer reading); its comparison is channel_30min.
 Every lever before distill_lr_3e-3_channel sets `bitnet.scales=tensor`, the scales they were measured with.
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -51,6 +58,7 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction")
 # the recipe the levers were measured against (the stage's lr and scales before levers distill_lr_1e-3 and _channel)
 OLD = ["bitnet.lr=2e-4", "bitnet.scales=tensor"]
+BUDGET_30MIN_STEPS = 85  # 21 s a step on 2 quiet cores (distillation: a teacher forward too); qat_s records it
 LEVERS = {
     "baseline": [*OLD, "bitnet.distill.kl_weight=0.0"],
     "distill": [*OLD, "bitnet.distill.kl_weight=1.0"],
@@ -67,6 +75,10 @@ LEVERS = {
     "distill_lr_3e-3_channel": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel"],
     "channel_no_warmup": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                           "bitnet.schedule=none"],
+    "channel_30min": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                      f"bitnet.steps={BUDGET_30MIN_STEPS}"],
+    "channel_30min_natural_text": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                                   f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data=[language]"],
 }
 
 
@@ -96,7 +108,7 @@ def main() -> None:
     for name in args.levers.split(","):
         s = load_settings(overrides=[*common, *LEVERS[name]])
         t0 = time.time()
-        res = run_stage_on("bitnet", [base_key], make_context(s))
+        res = run_stage_on("bitnet", [base_key], make_context(s, progress=lambda f, m: logging.info(m)))
         (key,) = res.outputs
         info = res.info[key]
         out["levers"][name] = {"key": key, "overrides": LEVERS[name], "test": res.metrics[key],
@@ -120,6 +132,9 @@ def finish(out: dict, path: Path) -> None:
     for name, r in out["levers"].items():
         print(f"{name:<18}" + "".join(f"{r['test'][m]:>16.4g}" for m in METRICS)
               + f"{r['ppl_vs_float']:>10.1f}" + (f"{r['ppl_vs_baseline']:>12.3f}" if base else ""))
+    for name, r in out["levers"].items():
+        if "qat_s" in r["train"]:  # recorded since channel_30min
+            print(f"QAT wall time {name}: {r['train']['qat_s']:.0f} s for {r['train']['steps']} steps")
     for name, r in out["levers"].items():
         if r.get("curve"):
             print(f"curve {name}: " + ", ".join(f"{p['tokens'] // 1000}k {p['perplexity']:.0f}" for p in r["curve"]

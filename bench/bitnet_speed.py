@@ -1,9 +1,9 @@
 """Benchmark: packed ternary inference speed on CPU, the int8 kernel against float32 and the dequantizing path.
 
-The default model (SmolLM2-135M-Instruct) is ternarized post-training (speed does not depend on training)
-and written in the BitNet format; the packed model is loaded once and run with each kernel of
-`PackedBitLinear` ("int8": int8 x int8 -> int32 `torch._int_mm`; "dequant": gamma * W~ rebuilt in float per
-call), side by side with the float32 model, in one process:
+The default model (SmolLM2-135M-Instruct) is ternarized post-training (speed does not depend on training), with
+per-output-channel scales (the stage's default) unless a row says otherwise, and written in the BitNet format;
+the packed model is loaded once and run with each kernel of `PackedBitLinear` ("int8": int8 x int8 -> int32
+`torch._int_mm`; "dequant": gamma * W~ rebuilt in float per call), side by side with the float32 model, in one process:
 - forward: tokens/s of one forward over B x T tokens with logits at every position (scoring, perplexity);
   the float32 output head (576 x 49,152, tied to the embeddings) is about a quarter of the packed forward (profiled);
 - prefill: the same forward with logits at the last position only, as generation runs it;
@@ -12,6 +12,9 @@ call), side by side with the float32 model, in one process:
 - packed_int8_bf16: the int8 kernel with the embeddings stored in bfloat16 and the tied head multiplied in
   bfloat16 (`bitnet.embeddings=bfloat16`, `bitnet/embeddings16.py`), as BitNet b1.58 and bitnet.cpp keep those
   in 16 bits; its agreement row is against its own function (bfloat16-rounded embeddings) in float64;
+- packed_int8_tensor_scales: the int8 kernel on a model with one absmean scale per tensor (b1.58's) instead of
+  per output channel (`bitnet.scales`, default channel): the per-channel kernel scales the [tokens, out] product
+  by a [tokens, 1] x [1, out] factor, the per-tensor one by [tokens, 1]; its agreement row is against its own function;
 - agreement: each packed path's logits against the same fake-quant function computed in float64;
 - embeddings16_quality: what 16-bit embeddings and head cost on their own, measured where they can show it: the
   float model's test perplexity (pydoc test text, the eval's tokens and window) with float32 vs bfloat16
@@ -109,14 +112,18 @@ def main() -> None:
     prompt = tok("Q: What is 12 + 30?\nA:", return_tensors="pt").input_ids
     with tempfile.TemporaryDirectory() as tmp:
         ternary, _ = load_model(str(src))
-        convert(ternary)
+        convert(ternary, per_channel=True)
         save_bitnet(ternary, tok, tmp, "2bit")
         save_bitnet(ternary, tok, f"{tmp}/bf16", "2bit", embeddings="bfloat16")
+        ternary, _ = load_model(str(src))
+        convert(ternary, per_channel=False)
+        save_bitnet(ternary, tok, f"{tmp}/tensor", "2bit")
         del ternary
         packed, _ = load_bitnet(tmp)
         packed16, _ = load_bitnet(f"{tmp}/bf16")
+        packed_t, _ = load_bitnet(f"{tmp}/tensor")
     models = {"float32": (float_model, None), "packed_dequant": (packed, "dequant"), "packed_int8": (packed, "int8"),
-              "packed_int8_bf16": (packed16, "int8")}
+              "packed_int8_bf16": (packed16, "int8"), "packed_int8_tensor_scales": (packed_t, "int8")}
     with torch.inference_mode():
         logits = {k: kernel_run(m, kern, lambda mm: mm(ids).logits.float())() for k, (m, kern) in models.items()}
         forward = interleaved_median_s({k: kernel_run(m, kern, lambda mm: mm(ids)) for k, (m, kern) in models.items()},
@@ -135,10 +142,12 @@ def main() -> None:
         # the same fake-quant function in float64: what both packed paths approximate
         set_kernel(packed, "dequant")
         ref = copy.deepcopy(packed).double()(ids).logits
-        set_kernel(packed16, "dequant")
-        ref16 = copy.deepcopy(packed16).double()(ids).logits
+        own_refs = {}
+        for k in ("packed_int8_bf16", "packed_int8_tensor_scales"):
+            set_kernel(models[k][0], "dequant")
+            own_refs[k] = copy.deepcopy(models[k][0]).double()(ids).logits
     agreement = {k: compare(logits[k].double(), ref) for k in ("packed_dequant", "packed_int8")}
-    agreement["packed_int8_bf16"] = compare(logits["packed_int8_bf16"].double(), ref16)
+    agreement.update({k: compare(logits[k].double(), r) for k, r in own_refs.items()})
     agreement["int8_vs_dequant"] = compare(logits["packed_int8"].double(), logits["packed_dequant"].double())
     ev = load_settings().eval
     float16 = copy.deepcopy(float_model)

@@ -261,15 +261,23 @@ def test_persona_training_questions_come_after_earlier_turns():
 
 def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
     train_cores = set(identity_questions("train", 200, 0))
-    for bake in ("tool", "memory", "retrieval"):
-        qs = training_queries(bake, 48, 0.25, 1, 0, chat_share=1 / 3)
+    for name in ("tool", "memory", "retrieval"):
+        qs = training_queries(name, 48, 0.25, 1, 0, chat_share=1 / 3)
         chat = [q for q in qs if q.kind == "chat"]
         assert len(chat) == 4 and all(q.text[3:-3] in train_cores for q in chat)  # a third of the 12 others, train split
     assert not [q for q in training_queries("persona", 48, 0.25, 1, 0) if q.kind == "chat"]
     # per bake: none for the tool bake by default (its teacher calls on identity questions)
-    assert BakingSettings().chat_share == {"tool": 0.0, "memory": 1 / 3, "retrieval": 1 / 3}
-    with pytest.raises(ValueError, match="not tool bakes"):
+    # memory, baked last, only identity questions among its others
+    assert BakingSettings().chat_share.identity() == {"tool": 0.0, "memory": 1.0, "retrieval": 1 / 3}
+    memory = training_queries("memory", 48, 0.25, 1, 0, chat_share=1.0)
+    assert sum(q.kind == "chat" for q in memory) == 12 and sum(q.kind == "memory" for q in memory) == 36
+    with pytest.raises(ValueError, match="persona"):
         BakingSettings(chat_share={"persona": 0.5})
+    # one bake's share set alone keeps the others' defaults
+    from agent_forge_core.config import load_settings
+
+    assert load_settings(overrides=["baking.chat_share.memory=0.5"]).baking.chat_share.identity() == {
+        "tool": 0.0, "memory": 0.5, "retrieval": 1 / 3}
 
 
 def test_memory_queries_never_use_the_demonstrations_keys():

@@ -223,3 +223,6 @@ def test_the_token_curve_measures_the_written_model_without_changing_its_trainin
     model, tok = load_model(str(c3.store.get(k3)))  # the last point is the packed model's perplexity
     ref = perplexity(model, tok, natural_text("validation"), 512, c3.settings.eval.ppl_window)
     assert curve[-1]["perplexity"] == pytest.approx(ref, rel=1e-3)
+    # the QAT budget excludes the curve's measurements: without a curve they are the loop's whole time
+    t0, t3 = (c.store.manifest(k).info["train"] for c, k in ((c0, k0), (c3, k3)))
+    assert t0["qat_s"] == t0["wall_s"] and 0 < t3["qat_s"] < t3["wall_s"]

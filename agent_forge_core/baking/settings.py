@@ -41,11 +41,25 @@ class StepFactors(Section):
     a read on recall questions with probability 0.05, the prompted teacher 0.31), at 2x 1.00 (0.23), recall 0 at
     both. In the quick chain memory reads reach 1.00 at 1x, and 2x there (with the experimental memory prompt noted
     in `prompts.py`) left the model calling memory on every identity question and the persona unbaked (identity
-    0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json): memory stays at 1x."""
+    0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json). Since trajectories keep the generator's ids and
+    memory is baked last (`BakingSettings.order`): memory at 2x, recall 0.31-0.38 at the end of the chain vs 0.00 at
+    1x (bench/results/baking_quick_memory_last*.json)."""
     tool: float = Field(1.0, gt=0, le=8)
-    memory: float = Field(1.0, gt=0, le=8)
+    memory: float = Field(2.0, gt=0, le=8)
     retrieval: float = Field(1.0, gt=0, le=8)
     persona: float = Field(2.0, gt=0, le=8)
+
+
+class ChatShares(Section):
+    """Per tool bake, the share of its other queries that are plain identity questions, where no call belongs (the
+    persona bake has none: its own queries are identity questions). The tool bake gets none: its prompted teacher
+    calls the calculator on 0.56 of identity questions, so their trajectories would teach false calls. Memory, baked
+    last, gets only identity questions (its teacher answers them as the baked persona, without calls); at the end of
+    the quick chain persona 5/8 vs 4/8 with 1/3 (within noise) and tool calls 4/8 vs 3/8, while the memory probe's
+    false calls stay high (0.75 vs 0.88). One section, so `--set baking.chat_share.memory=0.5` keeps the others."""
+    tool: float = Field(0.0, ge=0, le=1)
+    memory: float = Field(1.0, ge=0, le=1)
+    retrieval: float = Field(1 / 3, ge=0, le=1)
 
 
 class BakingSettings(StageSection):
@@ -53,18 +67,19 @@ class BakingSettings(StageSection):
                          "forgetting_examples": 64,
                          "forgetting_turns": [0, 2, 4, 8]}}
 
-    order: list[str] = Field(default_factory=lambda: list(BAKES), min_length=1,
-                             description=f"Sub-bakes in order, each merged before the next: any of {list(BAKES)}.")
+    order: list[str] = Field(
+        default_factory=lambda: ["tool", "retrieval", "persona", "memory"], min_length=1,
+        description=f"Sub-bakes in order, each merged before the next: any of {list(BAKES)}. Memory last: baked "
+        "second, its recall was 0 by the end of the quick chain (the later bakes overwrite it, replay did not hold "
+        "it); last at 2x steps with identity questions for all its other queries, recall 0.31 at the end with tool, "
+        "retrieval and persona within noise of the old order (bench/results/baking_quick_memory_last_2x_chat.json).")
     trajectories: int = Field(24, gt=0, description="Trajectories sampled from the prompted model per bake "
                               "(one query each, train splits only).")
     other_share: float = Field(0.25, ge=0, lt=1, description="Share of each bake's queries from other tasks (the "
                                "eval suite's prompts), where the prompted teacher does not use the bake's tool.")
-    chat_share: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: {"tool": 0.0, "memory": 1 / 3, "retrieval": 1 / 3},
-        description="Per tool bake, the share of its other queries that are plain identity questions, where no call "
-        "belongs (the persona bake has none: its own queries are identity questions; a bake not listed gets 0). "
-        "The tool bake gets none: its prompted teacher calls the calculator on 0.56 of identity questions, so their "
-        "trajectories would teach false calls.")
+    chat_share: ChatShares = Field(default_factory=ChatShares,
+                                   description="Per tool bake, the share of its other queries that are plain "
+                                   "identity questions (`ChatShares`).")
     temperature: float = Field(0.5, gt=0, le=5, description="Sampling temperature of the trajectories (reference "
                                "2.0 for 7B models; a 135M model writes mostly noise at 1.0 and above).")
     teacher_temperature: float = Field(1.0, gt=0, le=5, description="Temperature of the prompted teacher's "
@@ -117,14 +132,6 @@ class BakingSettings(StageSection):
     # tool and persona bakes, +47% after all four): the perplexity gates allow +50%, the accuracies -0.1.
     gates: dict[str, float] = Field(default_factory=lambda: {
         "perplexity": 0.5, "perplexity_ood": 0.5, "arithmetic": 0.1, "recall": 0.1, "instruction": 0.1})
-
-    @field_validator("chat_share")
-    @classmethod
-    def _tool_bakes(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [b for b in v if b not in BAKES or b == "persona"]
-        if bad:
-            raise ValueError(f"baking.chat_share: {bad} are not tool bakes; use any of {list(BAKES[:3])}")
-        return v
 
     @field_validator("order")
     @classmethod

@@ -123,7 +123,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             t0 = time.time()
             note(f"{name}: sampling trajectories")
             queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i,
-                                       tuple(cfg.persona.train_turns), cfg.chat_share.get(b, 0.0) if TOOLS[b] else 0.0)
+                                       tuple(cfg.persona.train_turns), getattr(cfg.chat_share, b, 0.0))
             with autocast(model.device, cfg.decode_precision):
                 trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
                                cfg.seed + i, session=f"bake-{name}")

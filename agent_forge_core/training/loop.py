@@ -5,6 +5,7 @@ nanoGPT-style: AdamW, linear warm-up then cosine decay to 10% of the peak, gradi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -17,6 +18,7 @@ class TrainStats:
     first_loss: float  # mean of the first 10% of steps (one step is too noisy when batches mix data kinds)
     last_loss: float  # mean of the last 10% of steps
     trainable_params: int
+    wall_s: float  # the loop's wall time, `before_step` hooks included
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -46,7 +48,7 @@ def train(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     device = next(model.parameters()).device
     model.train()
-    losses = []
+    losses, t0 = [], time.perf_counter()
     for step in range(steps):
         if before_step:
             before_step(step)
@@ -64,4 +66,5 @@ def train(
     model.eval()
     span = max(1, steps // 10)
     head, tail = losses[:span], losses[-span:]
-    return TrainStats(steps, sum(head) / len(head), sum(tail) / len(tail), sum(p.numel() for p in params))
+    return TrainStats(steps, sum(head) / len(head), sum(tail) / len(tail), sum(p.numel() for p in params),
+                      time.perf_counter() - t0)
