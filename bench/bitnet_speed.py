@@ -3,7 +3,8 @@
 The default model (SmolLM2-135M-Instruct) is ternarized post-training (speed does not depend on training), with
 per-output-channel scales (the stage's default) unless a row says otherwise, and written in the BitNet format;
 the packed model is loaded once and run with each kernel of `PackedBitLinear` ("int8": int8 x int8 -> int32
-`torch._int_mm`; "dequant": gamma * W~ rebuilt in float per call), side by side with the float32 model, in one process:
+`torch._int_mm`; "dequant": gamma * W~ rebuilt in float per call), side by side with the float32 model, in one
+process:
 - forward: tokens/s of one forward over B x T tokens with logits at every position (scoring, perplexity);
   the float32 output head (576 x 49,152, tied to the embeddings) is about a quarter of the packed forward (profiled);
 - prefill: the same forward with logits at the last position only, as generation runs it;
