@@ -33,6 +33,9 @@ Levers (`--levers`, any subset, in order):
   so the same 85 steps read 174k tokens (the mixture 93k). Its run took 2,945 s on one thread beside other work;
   on 2 idle cores a rerun (seed 1, stopped after 11 steps) stepped at 19.1 s (the mixture 21.8 s), about 1,625 s for
   85 steps, within the 30 minutes. At equal tokens its validation curve is no lower (~80 vs 59 at 93k).
+- channel_30min_language3: channel_30min with half its sequences natural text (`bitnet.data_share={language: 3}`:
+  340 pydoc windows and 340 task sequences of the 680, against 170 and 510), the tasks kept: test perplexity 132.6
+  (x7.1 float), out-of-domain 426 (the lowest), recall 2/72 (the mixture's 8/72), QAT 1,857 s; not adopted.
 Every lever before distill_lr_3e-3_channel sets `bitnet.scales=tensor`, the scales they were measured with.
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -83,6 +86,8 @@ LEVERS = {
                       f"bitnet.steps={BUDGET_30MIN_STEPS}"],
     "channel_30min_natural_text": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                                    f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data=[language]"],
+    "channel_30min_language3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                                f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data_share={language: 3}"],
 }
 
 

@@ -163,6 +163,8 @@ def test_a_batch_in_length_runs_has_the_padded_batch_gradient(tiny_model_dir, ob
     assert len(length_groups([len(t.student_ids()[0]) for t in trajs], 1.0)) == 4
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    if objective == "kl":  # the held-out curve reads in length runs too: the padded batch's mean KL
+        assert kl_of(student, trajs, targets, tok.pad_token_id) == pytest.approx(losses[0], rel=1e-4)
 
 
 def test_sampled_trajectories_align(tiny_model_dir, tmp_path):
@@ -307,6 +309,29 @@ def test_a_recall_counts_only_a_stated_value_and_a_read_back_only_an_answer_endi
     calc = Generation(" <calc>60+4</calc><result>64</result>", calls=[(Call("calc", "60+4", 0, 18), "64")])
     assert [NUMBER.search(after_results(g)) is not None for g in (stated, ended, other)] == [True, False, False]
     assert [read_back(g) for g in (stated, ended, other, calc, Generation(" 64"))] == ["", "64", "", "", ""]
+
+
+def test_a_primary_only_probe_decodes_less_and_gives_the_same_primary(tiny_model_dir, tmp_path, monkeypatch):
+    from agent_forge_core.agent.runtime import BUILTIN
+    from agent_forge_core.baking import probes as P
+
+    model, tok = load_model(str(tiny_model_dir))
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite"), index_dir=str(tmp_path / "i")),
+                      spec=RuntimeSpec(tools=list(BUILTIN)))
+    decoded = []
+    real_all, real_batch = P.answer_all, P.generate_batch
+    monkeypatch.setattr(P, "answer_all", lambda m, t, r, texts, *a, **k: decoded.append(len(texts))
+                        or real_all(m, t, r, texts, *a, **k))
+    monkeypatch.setattr(P, "generate_batch", lambda m, t, texts, *a, **k: decoded.append(len(texts))
+                        or real_batch(m, t, texts, *a, **k))
+    for b, probe in P.PROBES.items():
+        decoded.clear()
+        full = probe(model, tok, rt, "", 3, 0, 1, turns=(0, 2))
+        n_full = sum(decoded)
+        decoded.clear()
+        only = probe(model, tok, rt, "", 3, 0, 1, turns=(0, 2), primary_only=True)
+        assert only == {P.PRIMARY[b]: full[P.PRIMARY[b]]}, b
+        assert sum(decoded) < n_full, b
 
 
 def test_recovery_ratio():

@@ -143,6 +143,21 @@ def test_bitnet_after_several_cognates_is_refused():
         load_settings(overrides=["bitnet.warmup=80"])
 
 
+def test_qat_mixture_follows_the_data_shares_and_refuses_a_share_outside_the_data():
+    from agent_forge_core.config import load_settings
+    from agent_forge_core.training.focuses import mixture_counts
+
+    names = ["language", "reasoning", "memory", "instruction"]
+    assert mixture_counts(680, names, {}) == dict.fromkeys(names, 170)  # the equal split as before
+    c = mixture_counts(680, names, {"language": 3})
+    assert c["language"] == 340 and sorted(c[n] for n in names[1:]) == [113, 113, 114]
+    assert mixture_counts(3, names, {"language": 100})["reasoning"] == 1  # every focus keeps a sequence
+    with pytest.raises(ConfigError, match=r"bitnet.data_share \{'poetry': 2.0\}: each key must be a focus in bitnet.data"):
+        load_settings(overrides=["bitnet.data_share={poetry: 2}"])
+    with pytest.raises(ConfigError, match="positive weight"):
+        load_settings(overrides=["bitnet.data_share={language: 0}"])
+
+
 def test_export_of_a_bitnet_checkpoint_loads_in_plain_transformers(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

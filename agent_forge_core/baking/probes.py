@@ -11,7 +11,9 @@ prompt, answering with the runtime's tools in the loop (greedy).
   arithmetic (false calls); exact match of the answer after the last tool result.
 - persona: the share of identity answers (held-out paraphrases) that name the persona after k distractor
   turns, for each k (prompt forgetting: the prompt stays first, the probe moves away from it).
-Answers are decoded in batches with the tools in the loop (`generate_batch`).
+Answers are decoded in batches with the tools in the loop (`generate_batch`). With `primary_only` a probe
+decodes only what its primary metric (`PRIMARY`) needs: the forgetting measurements keep nothing else, and the
+false-call prompts, identity chat and distractor turns were a third of the quick chain's probe time.
 """
 from __future__ import annotations
 
@@ -63,23 +65,27 @@ def read_back(g: Generation) -> str:
     return g.calls[-1][1]
 
 
-def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, primary_only: bool = False,
+               **_) -> dict[str, float]:
     arith = get_task("arithmetic")
     exs = arith.examples("test", n, seed)
     gens = answer_all(model, tok, runtime, [_with(prompt, qa(ex.prompt)) for ex in exs], 48)
+    out = {"call_rate": _rate(any(c.tool == "calc" for c, _ in g.calls) for g in gens)}
+    if primary_only:
+        return out
     # each calculator result, and whether it is one of the example's gold worked-step results
     calc = [(r, r in re.findall(r"= (-?\d+)", ex.target)) for g, ex in zip(gens, exs) for c, r in g.calls
             if c.tool == "calc"]
     others = suite_queries(["recall", "instruction"], "test", n, shots, seed)
     false = answer_all(model, tok, runtime, [_with(prompt, q.text) for q in others], 24)
-    return {"call_rate": _rate(any(c.tool == "calc" for c, _ in g.calls) for g in gens),
-            "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _ in calc),
+    return {**out, "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _ in calc),
             "call_gold_step": _rate(gold for _, gold in calc),
             "accuracy": _rate(arith.check(strip_markup(g.text), ex) for g, ex in zip(gens, exs)),
             "false_call_rate": _rate(bool(g.calls) for g in false)}
 
 
-def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, primary_only: bool = False,
+                 **_) -> dict[str, float]:
     rng = random.Random(f"memory-probe:{seed}")
     sets = [records(rng, 3) for _ in range(n)]
     keys = [rng.choice(list(r)) for r in sets]
@@ -90,33 +96,39 @@ def probe_memory(model, tok, runtime, prompt: str, n: int, seed: int, shots: int
     second = answer_all(model, tok, runtime, [_with(prompt, recall_text(k)) for k in keys], 24, sessions=sessions)
     for s in sessions:
         fresh_memory(runtime, s, {})
+    out = {"recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]
+                           for g, r, k in zip(second, sets, keys))}
+    if primary_only:
+        return out
     chat = answer_all(model, tok, runtime, [_with(prompt, qa(q)) for q in identity_questions("test", n, seed)], 16)
     return {"false_call_rate": _rate(bool(g.calls) for g in chat),
             "write_rate": _rate(any(c.tool == "mem_write" for c, _ in g.calls) for g in first),
-            "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second),
-            "recall": _rate((m := NUMBER.search(after_results(g))) is not None and m.group(0) == r[k]
-                            for g, r, k in zip(second, sets, keys)),
+            "read_rate": _rate(any(c.tool == "mem_read" for c, _ in g.calls) for g in second), **out,
             # not the primary metric: the right value read back but never stated (the answer ends at the result)
             "recall_read_back": _rate(read_back(g) == r[k] for g, r, k in zip(second, sets, keys))}
 
 
-def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, **_) -> dict[str, float]:
+def probe_retrieval(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, primary_only: bool = False,
+                    **_) -> dict[str, float]:
     from ..agent.retrieval.corpus import pydoc_passages
 
     qs = cloze_questions(pydoc_passages(), n, seed, "test")
     gens = answer_all(model, tok, runtime, [_with(prompt, qa(PROMPT.format(q))) for _, q, _ in qs], 24)
+    out = {"call_rate_python": _rate(any(c.tool == "search" for c, _ in g.calls) for g in gens)}
+    if primary_only:
+        return out
     arith = get_task("arithmetic").examples("test", n, seed)
     false = answer_all(model, tok, runtime, [_with(prompt, qa(ex.prompt)) for ex in arith], 24)
-    return {"call_rate_python": _rate(any(c.tool == "search" for c, _ in g.calls) for g in gens),
-            "exact_match": _rate(first_word(after_results(g)) == w.lower() for g, (_, _, w) in zip(gens, qs)),
+    return {**out, "exact_match": _rate(first_word(after_results(g)) == w.lower() for g, (_, _, w) in zip(gens, qs)),
             "call_rate_arithmetic": _rate(any(c.tool == "search" for c, _ in g.calls) for g in false)}
 
 
 def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, name: str = "Forge",
-                  turns: tuple[int, ...] = (0, 2, 4, 8), n_turns: int | None = None, **_) -> dict[str, float]:
+                  turns: tuple[int, ...] = (0, 2, 4, 8), n_turns: int | None = None, primary_only: bool = False,
+                  **_) -> dict[str, float]:
     """`n` questions without distractors, `n_turns` (default n) after each k > 0."""
     out = {}
-    for k in turns:
+    for k in (0,) if primary_only else turns:
         qs = identity_questions("test", n if k == 0 else (n_turns or n), seed)
         rng = random.Random(f"distract:{seed}:{k}")
         texts = [conversation(distractors(k, rng), q, prompt) for q in qs]

@@ -65,7 +65,7 @@ class ChatShares(Section):
 class BakingSettings(StageSection):
     profiles = {"full": {"trajectories": 128, "steps": 60, "batch_size": 8, "probe_examples": 128,
                          "forgetting_examples": 64,
-                         "forgetting_turns": [0, 2, 4, 8]}}
+                         "forgetting_turns": [0, 2, 4, 8], "curve_every": 4}}
 
     order: list[str] = Field(
         default_factory=lambda: ["tool", "retrieval", "persona", "memory"], min_length=1,
@@ -114,7 +114,8 @@ class BakingSettings(StageSection):
                           "rate fell from 0.77 to 0.00 by the end of the four bakes).")
     heldout: int = Field(4, ge=0, description="Extra trajectories kept out of training: the KL on them is the "
                          "half-baking curve's held-out line.")
-    curve_every: int = Field(4, gt=0, description="Steps between held-out KL measurements.")
+    curve_every: int = Field(8, gt=0, description="Steps between held-out KL measurements (each a float32 forward "
+                             "of the held-out trajectories; their time is `heldout_s` in the history).")
     probe_examples: int = Field(16, gt=0, description="Test-split examples per probe and condition (the benchmark "
                                 "uses >=128).")
     forgetting_examples: int = Field(8, gt=0, description="Examples for the forgetting measurements: earlier "

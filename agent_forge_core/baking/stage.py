@@ -67,10 +67,11 @@ def bake_prompts(model, tok, runtime, cfg: BakingSettings) -> dict[str, str]:
 
 
 def measure(b: str, model, tok, runtime, prompt: str, cfg: BakingSettings, shots: int,
-            n: int | None = None) -> dict[str, float]:
+            n: int | None = None, primary_only: bool = False) -> dict[str, float]:
     with autocast(model.device, cfg.decode_precision):
         return PROBES[b](model, tok, runtime, prompt, n or cfg.probe_examples, cfg.seed, shots,
-                         name=cfg.persona.name, turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples)
+                         name=cfg.persona.name, turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples,
+                         primary_only=primary_only)
 
 
 def rehearsal(bank: dict[str, list], cfg: BakingSettings, seed: int) -> list:
@@ -141,8 +142,8 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             trained_s = time.time() - t0 - sampled_s
             note(f"{name}: probes")
             probes[b][name if r else "baked"] = measure(b, model, tok, runtime, "", cfg, shots)
-            forgetting[name] = {e: measure(e, model, tok, runtime, "", cfg, shots, cfg.forgetting_examples)[PRIMARY[e]]
-                                for e in cfg.order[:cfg.order.index(b)]}
+            forgetting[name] = {e: measure(e, model, tok, runtime, "", cfg, shots, cfg.forgetting_examples,
+                                           primary_only=True)[PRIMARY[e]] for e in cfg.order[:cfg.order.index(b)]}
             forgetting[name][b] = probes[b][name if r else "baked"][PRIMARY[b]]
             history[name] = {**curve, "trajectories": len(trajs) - cfg.heldout, "heldout_trajectories": cfg.heldout,
                              "sampling_s": sampled_s, "train_s": trained_s,

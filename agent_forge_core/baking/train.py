@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from typing import Callable
 
 import torch
@@ -90,13 +91,16 @@ def teacher_logprobs(model, trajs: list[Trajectory], pad_id: int, batch_size: in
 
 
 def kl_of(model, trajs: list[Trajectory], targets: list[torch.Tensor], pad_id: int, batch_size: int = 8) -> float:
-    """Mean per-trajectory KL(teacher ‖ model) (the loss without gradient)."""
+    """Mean per-trajectory KL(teacher ‖ model) (the loss without gradient), read in runs of similar length
+    (`length_groups`, as training does): the sum is the same, without the padding's compute."""
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(trajs), batch_size):
-            logits = _forward(model, [t.student_ids() for t in trajs[i:i + batch_size]], pad_id)
-            target = torch.cat(targets[i:i + batch_size]).to(logits.device)
-            total += float(baking_kl(logits, target, 1))
+            rows = [t.student_ids() for t in trajs[i:i + batch_size]]
+            for g in length_groups([len(r[0]) for r in rows]):
+                logits = _forward(model, [rows[j] for j in g], pad_id)
+                target = torch.cat([targets[i + j] for j in g]).to(logits.device)
+                total += float(baking_kl(logits, target, 1))
     return total / max(len(trajs), 1)
 
 
@@ -186,8 +190,10 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
 
     def held(step: int) -> None:
         if heldout:
+            t0 = time.time()
             student.eval()
             history["heldout"].append({"step": step, "kl": kl_of(student, heldout, held_targets, pad_id)})
+            history["heldout_s"] = history.get("heldout_s", 0.0) + time.time() - t0  # inside the bake's train_s
 
     held(0)
     steps = steps or cfg.steps

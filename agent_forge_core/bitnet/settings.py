@@ -45,6 +45,9 @@ class BitnetSettings(StageSection):
         default_factory=lambda: ["language", "reasoning", "memory", "instruction"], min_length=1,
         description="Training mixture for QAT: focuses (training/focuses.py), the same generators as Cognate, train split.",
     )
+    data_share: dict[str, float] = Field(
+        default_factory=dict, description="Relative weight of each focus in `data` (one not named weighs 1; empty: "
+        "an equal split of the QAT sequences), e.g. {language: 3} for three natural-text windows per task sequence.")
     distill: DistillSettings = Field(
         default_factory=DistillSettings,
         description="Knowledge distillation from the float input during QAT (training/distill.py); kl_weight 0: "
@@ -76,6 +79,14 @@ class BitnetSettings(StageSection):
     @classmethod
     def _focuses(cls, v: list[str]) -> list[str]:
         return check_focuses(v)
+
+    @model_validator(mode="after")
+    def _shares_name_data(self) -> "BitnetSettings":
+        bad = {k: v for k, v in self.data_share.items() if k not in self.data or v <= 0}
+        if bad:
+            raise ValueError(f"bitnet.data_share {bad}: each key must be a focus in bitnet.data {self.data} with a "
+                             "positive weight")
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "BitnetSettings":

@@ -21,6 +21,7 @@ from ..formats.bitnet import save_bitnet
 from ..model_io import load_model
 from ..stages.contract import Built, StageContext, StageSpec
 from ..training.distill import distilled_loss
+from ..training.focuses import mixture_counts
 from ..training.loop import train
 from ..training.sft_data import batches, focus_sequences
 from .convert import convert, current_lambda, lambda_at, set_lambda
@@ -66,10 +67,11 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[
         set_lambda(model, 1.0)
         ctx.progress(0.0, "bitnet: evaluating post-training ternarization")
         info["ptq_metrics"] = evaluate(model, tok, ctx.settings.eval)
-    per = max(1, cfg.steps * cfg.batch_size // len(cfg.data))
+    counts = mixture_counts(cfg.steps * cfg.batch_size, cfg.data, cfg.data_share)
     seqs = []
     for i, focus in enumerate(cfg.data):
-        seqs += focus_sequences(focus, tok, per, cfg.max_len, ctx.settings.eval.shots, cfg.seed + i, ctx.settings.eval.data)
+        seqs += focus_sequences(focus, tok, counts[focus], cfg.max_len, ctx.settings.eval.shots, cfg.seed + i,
+                                ctx.settings.eval.data)
     random.Random(cfg.seed).shuffle(seqs)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -7,7 +7,6 @@ requested number of entries is kept.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 import torch

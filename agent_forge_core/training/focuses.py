@@ -30,3 +30,14 @@ def check_focuses(names: list[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"focuses must be distinct, got {names}")
     return names
+
+
+def mixture_counts(total: int, names: list[str], shares: dict[str, float]) -> dict[str, int]:
+    """Sequences per focus out of `total`: in proportion to `shares` (a focus not named weighs 1; no shares: an
+    equal split), each at least 1, largest remainders rounded up so the counts sum to `total`."""
+    w = [shares.get(n, 1.0) for n in names]
+    exact = [total * x / sum(w) for x in w]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(len(names)), key=lambda i: counts[i] - exact[i])[:total - sum(counts)]:
+        counts[i] += 1
+    return {n: max(1, c) for n, c in zip(names, counts)}

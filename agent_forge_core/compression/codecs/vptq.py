@@ -144,7 +144,7 @@ class VPTQ(Codec):
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         M, N = enc.shape
-        v, n_out, levels = enc.params["v"], enc.params["n_outlier"], enc.params["levels"]
+        n_out, levels = enc.params["n_outlier"], enc.params["levels"]
         cols = torch.zeros(N, M)
         for i in range(levels):
             ix = enc.payload[f"index{i}"].long()
