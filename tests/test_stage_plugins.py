@@ -50,7 +50,8 @@ def alternatives(value: Any) -> list[Any]:
         return [value[:-1], value[::-1], [*value, value[0]]] if value else [["x"], ["prompt"]]
     if isinstance(value, dict):
         k = next(iter(value), None)
-        return [{**value, k: value[k] * 0.5 + 0.01}] if k else [{"perplexity": 0.5}, {"arithmetic": "rows.jsonl"}]
+        return [{**value, k: value[k] * 0.5 + 0.01}] if k else [{"perplexity": 0.5}, {"arithmetic": "rows.jsonl"},
+                                                                  {"language": 2.0}]
     if value is None:
         return [2, 2.0, "other", True]
     raise TypeError(value)
