@@ -36,6 +36,9 @@ Levers (`--levers`, any subset, in order):
 - channel_30min_language3: channel_30min with half its sequences natural text (`bitnet.data_share={language: 3}`:
   340 pydoc windows and 340 task sequences of the 680, against 170 and 510), the tasks kept: test perplexity 132.6
   (x7.1 float), out-of-domain 426 (the lowest), recall 2/72 (the mixture's 8/72), QAT 1,857 s; not adopted.
+- channel_float_ends: the default recipe (distill_lr_3e-3_channel) with the first and last decoder layers kept
+  float32 (`bitnet.modules` names the projections of layers 1-28 only; the bit account counts the float layers at
+  32 bits); its comparison is distill_lr_3e-3_channel.
 Every lever before distill_lr_3e-3_channel sets `bitnet.scales=tensor`, the scales they were measured with.
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -57,6 +60,7 @@ import logging
 import time
 from pathlib import Path
 
+from agent_forge_core.architecture import PROJECTIONS
 from agent_forge_core.config import load_settings
 from agent_forge_core.context import make_context
 from agent_forge_core.stages.runner import run_stage_on
@@ -65,6 +69,8 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction")
 # the recipe the levers were measured against (the stage's lr and scales before levers distill_lr_1e-3 and _channel)
 OLD = ["bitnet.lr=2e-4", "bitnet.scales=tensor"]
+LAYERS = 30  # SmolLM2-135M's decoder layers: channel_float_ends ternarizes 1..28, the first and last stay float
+ATTENTION = PROJECTIONS[:4]  # under self_attn in a Llama layer, the rest under mlp
 BUDGET_30MIN_STEPS = 85  # 21 s a step on 2 quiet cores (distillation: a teacher forward too); qat_s records it
 LEVERS = {
     "baseline": [*OLD, "bitnet.distill.kl_weight=0.0"],
@@ -88,6 +94,9 @@ LEVERS = {
                                    f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data=[language]"],
     "channel_30min_language3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                                 f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data_share={language: 3}"],
+    "channel_float_ends": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                           "bitnet.modules=[" + ",".join(f"layers.{i}.{'self_attn' if p in ATTENTION else 'mlp'}.{p}"
+                                                         for i in range(1, LAYERS - 1) for p in PROJECTIONS) + "]"],
 }
 
 
