@@ -16,6 +16,9 @@ process:
 - packed_int8_tensor_scales: the int8 kernel on a model with one absmean scale per tensor (b1.58's) instead of
   per output channel (`bitnet.scales`, default channel): the per-channel kernel scales the [tokens, out] product
   by a [tokens, 1] x [1, out] factor, the per-tensor one by [tokens, 1]; its agreement row is against its own function;
+- packed_int8_float_ends: the int8 kernel on the stage's default layout, the first and last decoder layers' projections
+  kept float32 (`bitnet.float_layers=[0, -1]`); the other packed rows ternarize every layer; its agreement row is
+  against its own function;
 - agreement: each packed path's logits against the same fake-quant function computed in float64;
 - embeddings16_quality: what 16-bit embeddings and head cost on their own, measured where they can show it: the
   float model's test perplexity (pydoc test text, the eval's tokens and window) with float32 vs bfloat16
@@ -51,6 +54,7 @@ from agent_forge_core.model_io import load_model
 
 OUT = Path(__file__).parent / "results" / "bitnet_speed.json"
 BITNET_CPP_X86 = (2.37, 6.17)
+FLOAT_ENDS = [0, -1]  # bitnet.float_layers' default: the first and last decoder layers stay float32
 
 
 def cpu_model() -> str:
@@ -119,12 +123,17 @@ def main() -> None:
         ternary, _ = load_model(str(src))
         convert(ternary, per_channel=False)
         save_bitnet(ternary, tok, f"{tmp}/tensor", "2bit")
+        ternary, _ = load_model(str(src))
+        convert(ternary, per_channel=True, float_layers=FLOAT_ENDS)
+        save_bitnet(ternary, tok, f"{tmp}/ends", "2bit")
         del ternary
         packed, _ = load_bitnet(tmp)
         packed16, _ = load_bitnet(f"{tmp}/bf16")
         packed_t, _ = load_bitnet(f"{tmp}/tensor")
+        packed_e, _ = load_bitnet(f"{tmp}/ends")
     models = {"float32": (float_model, None), "packed_dequant": (packed, "dequant"), "packed_int8": (packed, "int8"),
-              "packed_int8_bf16": (packed16, "int8"), "packed_int8_tensor_scales": (packed_t, "int8")}
+              "packed_int8_bf16": (packed16, "int8"), "packed_int8_tensor_scales": (packed_t, "int8"),
+              "packed_int8_float_ends": (packed_e, "int8")}
     with torch.inference_mode():
         logits = {k: kernel_run(m, kern, lambda mm: mm(ids).logits.float())() for k, (m, kern) in models.items()}
         forward = interleaved_median_s({k: kernel_run(m, kern, lambda mm: mm(ids)) for k, (m, kern) in models.items()},
@@ -144,7 +153,7 @@ def main() -> None:
         set_kernel(packed, "dequant")
         ref = copy.deepcopy(packed).double()(ids).logits
         own_refs = {}
-        for k in ("packed_int8_bf16", "packed_int8_tensor_scales"):
+        for k in ("packed_int8_bf16", "packed_int8_tensor_scales", "packed_int8_float_ends"):
             set_kernel(models[k][0], "dequant")
             own_refs[k] = copy.deepcopy(models[k][0]).double()(ids).logits
     agreement = {k: compare(logits[k].double(), ref) for k in ("packed_dequant", "packed_int8")}

@@ -25,6 +25,7 @@ TINY_OVERRIDES = [
     "eval.n_examples=8", "eval.ppl_tokens=512", "eval.ppl_window=64", "eval.max_new_tokens=12", "eval.batch_size=8",
     "cognate.steps=4", "cognate.batch_size=4", "cognate.max_len=128", "cognate.warmup=1", "cognate.lora.r=4",
     "evomerge.enabled=false",  # on by default; tests/test_evomerge_stage.py runs it
+    "bitnet.float_layers=[]",  # the default keeps the first and last layers float: the tiny model's only two
 ]
 
 

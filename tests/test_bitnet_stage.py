@@ -67,6 +67,35 @@ def test_checkpoint_round_trip_identical_logits(tiny_model_dir, tmp_path, fmt, p
     assert g.shape == ((layers[0].out_features,) if per_channel else (1,))
 
 
+def test_float_layers_stay_float_through_the_packed_round_trip_and_count_32_bits(tiny_model_dir, tmp_path):
+    from agent_forge_core.bitnet.convert import layer_index
+
+    model, tok = load_model(str(tiny_model_dir))
+    ids = tok("Q: What is 2 + 3?\nA:", return_tensors="pt").input_ids
+    names = convert(model, per_channel=True, float_layers=[-1])  # the tiny model's 2 layers: layer 1 stays float
+    assert names and {layer_index(n) for n in names} == {0}
+    assert all(type(m) is torch.nn.Linear for n, m in model.named_modules() if layer_index(n) == 1 and n.endswith("_proj"))
+    set_lambda(model, 1.0)
+    with torch.no_grad():
+        fake = model(ids).logits
+    account = save_bitnet(model, tok, tmp_path / "bn", "base3")
+    packed, _ = load_model(str(tmp_path / "bn"))
+    assert {layer_index(n) for n, m in packed.named_modules() if isinstance(m, PackedBitLinear)} == {0}
+    with torch.no_grad():
+        set_kernel(packed, "dequant")
+        assert torch.equal(packed(ids).logits, fake)
+    # exactly: the ternary layers' codes and row scales, every other weight (the float layer too) at 32 bits
+    bits = [m for m in model.modules() if isinstance(m, BitLinear)]
+    ternary = sum(m.weight.numel() for m in bits)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    expected = sum(packed_size(m.weight.numel(), "base3") * 8 + 32 * m.out_features for m in bits) + 32 * (total - ternary)
+    assert account["ternary_params"] == ternary and account["bits_per_weight_model"] * total == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"bitnet.float_layers \[2\]: the model has 2 decoder layers"):
+        convert(load_model(str(tiny_model_dir))[0], float_layers=[2])
+    with pytest.raises(ValueError, match="outside the float layers"):
+        convert(load_model(str(tiny_model_dir))[0], float_layers=[0, -1])
+
+
 def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in_bfloat16(tiny_model_dir, tmp_path):
     import copy
 
@@ -106,11 +135,12 @@ def test_bfloat16_embeddings_cost_16_bits_less_and_the_packed_head_multiplies_in
     assert torch.equal(plain.get_input_embeddings().weight, e.bfloat16().float())
 
 
-@pytest.mark.parametrize("embeddings,scales", [("float32", "tensor"), ("bfloat16", "tensor"), ("float32", "channel")])
-def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddings, scales):
+@pytest.mark.parametrize("embeddings,scales,float_layers", [("float32", "tensor", "[]"), ("bfloat16", "tensor", "[]"),
+                                                            ("float32", "channel", "[-1]")])
+def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddings, scales, float_layers):
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=6", "bitnet.warmup=3",
                       "bitnet.batch_size=4", "bitnet.max_len=96", "bitnet.lr=0.003", f"bitnet.embeddings={embeddings}",
-                      f"bitnet.scales={scales}")
+                      f"bitnet.scales={scales}", f"bitnet.float_layers={float_layers}")
     assert plan(s) == ["import", "bitnet"]
     ctx = make_context(s)
     base = run_stage_on("import", [], ctx)
@@ -123,7 +153,10 @@ def test_bitnet_stage_writes_packed_checkpoint_with_bits(tiny_settings, embeddin
     assert set(m.info["ptq_metrics"]) == set(m.metrics)
     folder = ctx.store.get(key)
     meta = json.loads((folder / "bitnet.json").read_text())
-    assert meta["format"] == "base3" and len(meta["layers"]) == 14 and meta["embeddings"] == embeddings
+    # 7 projections in each of the 2 layers; with float_layers [-1] only layer 0's are ternary
+    assert meta["format"] == "base3" and len(meta["layers"]) == (7 if float_layers == "[-1]" else 14)
+    assert meta["embeddings"] == embeddings
+    assert float_layers == "[]" or all(".layers.0." in n for n in meta["layers"])
     assert meta["scales"] == scales
     # the file holds what the account says (plus the safetensors header): embeddings at their stored width
     size = (folder / "model.safetensors").stat().st_size

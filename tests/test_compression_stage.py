@@ -103,7 +103,9 @@ def test_select_auto_spends_bits_where_they_buy_accuracy():
 
 
 def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
+    # the default's layout: a float decoder layer (the tiny model's last) beside the ternary ones
     s = tiny_settings("cognate.enabled=false", "bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1",
+                      "bitnet.float_layers=[-1]",
                       "bitnet.measure_ptq=false", "bitnet.gates={}", "compression.enabled=true", "compression.gates={}",
                       "compression.target_bpw=null", "compression.keep_dtype=float32", rules(KEEP))
     assert plan(s) == ["import", "bitnet", "compression"]
@@ -114,7 +116,9 @@ def test_bitnet_layers_pass_through_with_their_packed_codes(tiny_settings):
     folder, bit_folder = ctx.store.get(key), ctx.store.get(bit_key)
     entries = json.loads((folder / MANIFEST).read_text())["tensors"]
     ternary = [n for n, e in entries.items() if e["codec"] == "ternary"]
-    assert len(ternary) == 14
+    assert len(ternary) == 7 and all(".layers.0." in n for n in ternary)
+    float_proj = [n for n in entries if ".layers.1." in n and n.endswith("_proj.weight")]
+    assert len(float_proj) == 7 and all(entries[n]["codec"] != "ternary" for n in float_proj)
     packed, src = load_file(str(folder / PAYLOAD)), load_file(str(bit_folder / "model.safetensors"))
     name = ternary[0].removesuffix(".weight")
     assert torch.equal(packed[f"{name}.weight::packed"], src[f"{name}.packed"])

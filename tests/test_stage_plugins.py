@@ -47,7 +47,7 @@ def alternatives(value: Any) -> list[Any]:
     if isinstance(value, tuple):
         return [[value[0], value[1] + 0.1]]
     if isinstance(value, list):
-        return [value[:-1], value[::-1], [*value, value[0]]] if value else [["x"], ["prompt"]]
+        return [value[:-1], value[::-1], [*value, value[0]]] if value else [["x"], ["prompt"], [0]]
     if isinstance(value, dict):
         k = next(iter(value), None)
         return [{**value, k: value[k] * 0.5 + 0.01}] if k else [{"perplexity": 0.5}, {"arithmetic": "rows.jsonl"},

@@ -1,7 +1,8 @@
 """Converting a HF causal LM to BitNet b1.58 and ramping quantization in.
 
 `convert` swaps the chosen nn.Linear modules for BitLinear (same weights, so lam = 0 is the original
-model); embeddings and `lm_head` stay in higher precision unless listed. The warm-up coefficient lam
+model); embeddings and `lm_head` stay in higher precision unless listed, and so do the decoder layers named in
+`float_layers` (first and last layers kept in high precision, as low-bit quantization work commonly does). The warm-up coefficient lam
 follows a schedule over `warmup` steps (the schedules of the HF "Fine-tuning LLMs to 1.58bit" study):
     linear:      lam = min(step / warmup, 1)
     exponential: lam = min(1, (1 - exp(-k * step / warmup)) / (1 - exp(-k))),  k = 5
@@ -11,6 +12,7 @@ follows a schedule over `warmup` steps (the schedules of the HF "Fine-tuning LLM
 from __future__ import annotations
 
 import math
+import re
 
 from torch import nn
 
@@ -18,6 +20,7 @@ from ..architecture import PROJECTIONS, matches_suffix
 from .bitlinear import BitLinear
 
 SCHEDULES = ("linear", "exponential", "sigmoid", "none")
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
@@ -36,16 +39,30 @@ def lambda_at(step: int, warmup: int, schedule: str = "linear") -> float:
     raise ValueError(f"lambda schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
+def layer_index(name: str) -> int | None:
+    """The decoder layer a module belongs to (`model.layers.3.mlp.up_proj` -> 3), None outside the layers."""
+    m = LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
 def convert(model: nn.Module, modules=PROJECTIONS, act_bits: int = 8, norm: bool = False,
-            per_channel: bool = False) -> list[str]:
-    """Replace matching nn.Linear modules in place; returns their names."""
+            per_channel: bool = False, float_layers=()) -> list[str]:
+    """Replace matching nn.Linear modules in place, except in the decoder layers `float_layers` (indices,
+    negative from the end); returns their names."""
+    n = model.config.num_hidden_layers
+    bad = [i for i in float_layers if not -n <= i < n]
+    if bad:
+        raise ValueError(f"bitnet.float_layers {bad}: the model has {n} decoder layers (indices {-n}..{n - 1})")
+    keep = {i % n for i in float_layers}
     replaced = []
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and matches_suffix(name, modules):
+        if (isinstance(mod, nn.Linear) and not isinstance(mod, BitLinear) and matches_suffix(name, modules)
+                and layer_index(name) not in keep):
             model.set_submodule(name, BitLinear.from_linear(mod, act_bits, norm, per_channel))
             replaced.append(name)
     if not replaced:
-        raise ValueError(f"no nn.Linear module matches {modules}; check bitnet.modules against the model's layer names")
+        raise ValueError(f"no nn.Linear module matches {modules} outside the float layers {sorted(keep)}; check "
+                         "bitnet.modules against the model's layer names and bitnet.float_layers against its depth")
     return replaced
 
 

@@ -60,7 +60,8 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[
     if cfg.distill.kl_weight > 0:  # the float input itself, loaded again (after the student: loads are serialized)
         teacher, _ = load_model(str(ctx.store.get(parent)), device=str(ctx.device))
         teacher.eval().requires_grad_(False)
-    names = convert(model, cfg.modules, cfg.act_bits, cfg.norm, per_channel=cfg.scales == "channel")
+    names = convert(model, cfg.modules, cfg.act_bits, cfg.norm, per_channel=cfg.scales == "channel",
+                    float_layers=cfg.float_layers)
     ctx.log.info("bitnet: %d linear layers ternarized", len(names))
     info: dict = {"layers": len(names), "packing": cfg.packing}
     if cfg.measure_ptq:
