@@ -1,9 +1,10 @@
 """Converting a HF causal LM to BitNet b1.58 and ramping quantization in.
 
 `convert` swaps the chosen nn.Linear modules for BitLinear (same weights, so lam = 0 is the original
-model); embeddings and `lm_head` stay in higher precision unless listed, and so do the decoder layers named in
-`float_layers` (first and last layers kept in high precision, as low-bit quantization work commonly does). The warm-up coefficient lam
-follows a schedule over `warmup` steps (the schedules of the HF "Fine-tuning LLMs to 1.58bit" study):
+model); embeddings and `lm_head` stay in higher precision unless listed, and so do the projections of the
+decoder layers named in `float_layers` (the stage keeps the first and last: bench/results/bitnet_levers.json,
+lever channel_float_ends). The warm-up coefficient lam follows a schedule over `warmup` steps (the schedules
+of the HF "Fine-tuning LLMs to 1.58bit" study):
     linear:      lam = min(step / warmup, 1)
     exponential: lam = min(1, (1 - exp(-k * step / warmup)) / (1 - exp(-k))),  k = 5
     sigmoid:     lam = 1 / (1 + exp(-k * (step / warmup - 0.5))) rescaled to [0, 1],  k = 10
