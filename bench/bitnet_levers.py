@@ -40,6 +40,8 @@ Levers (`--levers`, any subset, in order):
   (`bitnet.float_layers=[0, -1]`; measured with `bitnet.modules` naming the projections of layers 1-28, the same
   layers): test perplexity 165 vs 406 (x0.41), out-of-domain 271 vs 951, at 9.64 bits/weight over the model
   instead of 8.04 (the two layers' 7.1M weights at 32 bits); now the stage's default.
+- channel_float_first: channel_float_ends with only the first layer float (`bitnet.float_layers=[0]`): test
+  perplexity 244 (both ends 165), at 8.84 bits/weight over the model (both ends 9.64).
 - channel_30min_float_ends: channel_float_ends at the 30-minute budget (its comparison is channel_30min): test
   perplexity 121.8 (x6.5 float, x0.52 of channel_30min), out-of-domain 252, arithmetic 8/72, recall 9/72.
 Every lever before distill_lr_3e-3_channel sets `bitnet.scales=tensor`, the scales they were measured with.
@@ -96,6 +98,8 @@ LEVERS = {
                                 f"bitnet.steps={BUDGET_30MIN_STEPS}", "bitnet.data_share={language: 3}"],
     "channel_float_ends": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                            "bitnet.float_layers=[0, -1]"],
+    "channel_float_first": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                            "bitnet.float_layers=[0]"],
     "channel_30min_float_ends": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                                  "bitnet.float_layers=[0, -1]", f"bitnet.steps={BUDGET_30MIN_STEPS}"],
 }
