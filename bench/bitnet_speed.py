@@ -54,7 +54,6 @@ from agent_forge_core.model_io import load_model
 
 OUT = Path(__file__).parent / "results" / "bitnet_speed.json"
 BITNET_CPP_X86 = (2.37, 6.17)
-FLOAT_ENDS = [0, -1]  # bitnet.float_layers' default: the first and last decoder layers stay float32
 
 
 def cpu_model() -> str:
@@ -124,7 +123,7 @@ def main() -> None:
         convert(ternary, per_channel=False)
         save_bitnet(ternary, tok, f"{tmp}/tensor", "2bit")
         ternary, _ = load_model(str(src))
-        convert(ternary, per_channel=True, float_layers=FLOAT_ENDS)
+        convert(ternary, per_channel=True, float_layers=load_settings().bitnet.float_layers)  # the stage's layout
         save_bitnet(ternary, tok, f"{tmp}/ends", "2bit")
         del ternary
         packed, _ = load_bitnet(tmp)
