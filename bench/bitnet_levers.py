@@ -44,6 +44,16 @@ Levers (`--levers`, any subset, in order):
   perplexity 244 (both ends 165), at 8.84 bits/weight over the model (both ends 9.64).
 - channel_30min_float_ends: channel_float_ends at the 30-minute budget (its comparison is channel_30min): test
   perplexity 121.8 (x6.5 float, x0.52 of channel_30min), out-of-domain 252, arithmetic 8/72, recall 9/72.
+- channel_30min_float_ends_bf16: channel_30min_float_ends with bfloat16 steps and the eager kernel
+  (`bitnet.train_precision`, `train_attention`, now the defaults; 14.3 s a step vs 22.7 in float32,
+  bench/results/bitnet_qat_speed.json), so 120 steps in the 30 minutes: QAT 1,516 s, test perplexity 104.6 (x5.6
+  float), out-of-domain 238.5, arithmetic 5/72, recall 14/72, instruction 4/72; at equal tokens its curve is the
+  float32 run's.
+- channel_30min_float_ends_bf16_language3: channel_30min_float_ends_bf16 with half its sequences natural text
+  (`bitnet.data_share={language: 3}`): QAT 1,501 s, 170k tokens, test perplexity 64.0 (x3.4 float, the issue's
+  5x goal met), out-of-domain 192.4, arithmetic 6/72, recall 10/72, instruction 1/72; now the stage's default.
+- channel_float_ends_bf16_language3: the new default at the quick budget (60 steps): QAT 773 s, test perplexity
+  111 (x6.0 float; channel_float_ends 165), out-of-domain 271.8, arithmetic 3/72, recall 1/72, instruction 1/72.
 Every lever before distill_lr_3e-3_channel sets `bitnet.scales=tensor`, the scales they were measured with.
 Per lever: the test metrics of the packed checkpoint (`eval.n_examples` per task), its perplexity against the float
 model's, the token curve (validation perplexity of the ternary model every `--curve-every` steps against the
@@ -74,6 +84,9 @@ METRICS = ("perplexity", "perplexity_ood", "arithmetic", "recall", "instruction"
 # the recipe the levers were measured against (the stage's lr and scales before levers distill_lr_1e-3 and _channel)
 OLD = ["bitnet.lr=2e-4", "bitnet.scales=tensor"]
 BUDGET_30MIN_STEPS = 85  # 21 s a step on 2 quiet cores (distillation: a teacher forward too); qat_s records it
+# bfloat16 steps with the eager kernel: 14.3 s against float32's 22.7 in one run (bench/results/bitnet_qat_speed.json)
+BUDGET_30MIN_STEPS_BF16 = 120
+FAST_STEPS = ["bitnet.train_precision=bfloat16", "bitnet.train_attention=eager"]
 LEVERS = {
     "baseline": [*OLD, "bitnet.distill.kl_weight=0.0"],
     "distill": [*OLD, "bitnet.distill.kl_weight=1.0"],
@@ -102,6 +115,14 @@ LEVERS = {
                             "bitnet.float_layers=[0]"],
     "channel_30min_float_ends": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
                                  "bitnet.float_layers=[0, -1]", f"bitnet.steps={BUDGET_30MIN_STEPS}"],
+    "channel_30min_float_ends_bf16": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                                      "bitnet.float_layers=[0, -1]", f"bitnet.steps={BUDGET_30MIN_STEPS_BF16}",
+                                      *FAST_STEPS],
+    "channel_30min_float_ends_bf16_language3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                                                "bitnet.float_layers=[0, -1]", f"bitnet.steps={BUDGET_30MIN_STEPS_BF16}",
+                                                *FAST_STEPS, "bitnet.data_share={language: 3}"],
+    "channel_float_ends_bf16_language3": ["bitnet.distill.kl_weight=1.0", "bitnet.lr=3e-3", "bitnet.scales=channel",
+                                          "bitnet.float_layers=[0, -1]", *FAST_STEPS, "bitnet.data_share={language: 3}"],
 }
 
 
@@ -124,7 +145,10 @@ def main() -> None:
     common = [f"store.url={root}/store", f"work_dir={root}/work", f"store.cache_dir={root}/cache",
               "cognate.enabled=false", "evomerge.enabled=false", "bitnet.enabled=true", "bitnet.gates={}",
               "bitnet.measure_ptq=false", f"bitnet.curve_every={args.curve_every}",
-              "bitnet.float_layers=[]", *args.overrides]  # every layer ternary unless a lever says otherwise
+              # every layer ternary, the equal split and float32 steps unless a lever says otherwise (the stage's
+              # defaults since levers channel_float_ends, _language3 and _bf16)
+              "bitnet.float_layers=[]", "bitnet.data_share={}", "bitnet.train_precision=float32",
+              "bitnet.train_attention=sdpa", *args.overrides]
     ctx = make_context(load_settings(overrides=common))
     base = run_stage_on("import", [], ctx)
     (base_key,) = base.outputs

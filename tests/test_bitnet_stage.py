@@ -274,3 +274,15 @@ def test_the_token_curve_measures_the_written_model_without_changing_its_trainin
     # the QAT budget excludes the curve's measurements: without a curve they are the loop's whole time
     t0, t3 = (c.store.manifest(k).info["train"] for c, k in ((c0, k0), (c3, k3)))
     assert t0["qat_s"] == t0["wall_s"] and 0 < t3["qat_s"] < t3["wall_s"]
+
+
+def test_the_default_share_weighs_natural_text_and_follows_a_mixture_without_it():
+    from agent_forge_core.bitnet.settings import BitnetSettings
+
+    assert BitnetSettings().data_share == {"language": 3.0}
+    assert BitnetSettings(data=["reasoning", "memory"]).data_share == {}  # the default share drops what data lacks
+    from agent_forge_core.training.focuses import mixture_counts
+
+    # the 30-minute run's 960 sequences: half natural text, the tasks a sixth each
+    assert mixture_counts(960, BitnetSettings().data, BitnetSettings().data_share) == {
+        "language": 480, "reasoning": 160, "memory": 160, "instruction": 160}

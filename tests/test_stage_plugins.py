@@ -43,7 +43,8 @@ def alternatives(value: Any) -> list[Any]:
         return [value * 1.5 + 0.1, value * 0.5]
     if isinstance(value, str):
         return ["2bit", "exponential", "float16", "float32", "bfloat16", "deployment", "pause", "other/name", "x.gguf", "*_proj.weight",
-                "sft", "refuse", "other", "all", "nll", "prompt", "reinforce", "always", "channel", "tensor", 4.5]  # 4.5: a setting that takes a word or a number (target_bpw)
+                "sft", "refuse", "other", "all", "nll", "prompt", "reinforce", "always", "channel", "tensor", "eager", "sdpa",
+                4.5]  # 4.5: a setting that takes a word or a number (target_bpw)
     if isinstance(value, tuple):
         return [[value[0], value[1] + 0.1]]
     if isinstance(value, list):

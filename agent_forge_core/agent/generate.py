@@ -160,8 +160,10 @@ def generate(model, tokenizer, prompt: str, tools: dict, *, prefix: str = "", ma
     def feed(new: list[int]) -> torch.Tensor:
         nonlocal past
         if not use_cache:
-            return model(input_ids=torch.tensor([a.ids], device=device), use_cache=False).logits[0, -1]
-        res = model(input_ids=torch.tensor([new], device=device), past_key_values=past, use_cache=True)
+            return model(input_ids=torch.tensor([a.ids], device=device), use_cache=False,
+                         logits_to_keep=1).logits[0, -1]
+        res = model(input_ids=torch.tensor([new], device=device), past_key_values=past, use_cache=True,
+                    logits_to_keep=1)
         past = res.past_key_values
         return res.logits[0, -1]
 
@@ -218,7 +220,8 @@ def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed
     shared = min(len(os.path.commonprefix([r.ids for r in rows])), min(len(r.ids) for r in rows) - 1)
     past = None
     if len(rows) > 1 and shared >= SHARED_MIN:
-        past = model(input_ids=torch.tensor([rows[0].ids[:shared]], device=device), use_cache=True).past_key_values
+        past = model(input_ids=torch.tensor([rows[0].ids[:shared]], device=device), use_cache=True,
+                     logits_to_keep=1).past_key_values
         past.batch_repeat_interleave(len(rows))
     else:
         shared = 0
@@ -237,8 +240,10 @@ def _decode_rows(model, tokenizer, rows: list[_Answer], temperature: float, seed
                 position[j, width - len(c):] = torch.arange(pos[j], pos[j] + len(c))
                 pos[j] += len(c)
         mask = torch.cat([mask, add.to(device)], dim=1)
+        # only the newest position's logits are read: the output head over a 49k vocabulary on every position
+        # of a chunk of 8 rows x 30 tokens made it 0.26 s instead of 0.22 s (bench/baking_speed.py)
         res = model(input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device),
-                    past_key_values=past, use_cache=True)
+                    past_key_values=past, use_cache=True, logits_to_keep=1)
         past = res.past_key_values
         nxt = _next_tokens(suppress(res.logits[:, -1], banned), temperature, gen).tolist()
         chunks = [[] for _ in rows]

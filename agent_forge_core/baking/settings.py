@@ -104,6 +104,11 @@ class BakingSettings(StageSection):
         "weights, the optimiser, the teacher and the held-out curve stay float32). The KLs baked are nats per "
         "answer, far above bfloat16's rounding. On 2 CPU cores with bfloat16 dot products a 576x1536 matmul ran 3.5x "
         "faster and a step of 8 tool trajectories 1.6x (6.6 s vs 10-11 s, both measured under the same load).")
+    train_attention: Literal["eager", "sdpa"] = Field(
+        "eager", description="transformers' attention kernel in training steps (`training/attention.py`); decoding, "
+        "the teacher and the held-out curve keep the model's own. On 2 CPU cores 6 retrieval steps took 12.5 s eager, "
+        "15.5 s with sdpa, whose flash-attention backward is slow there (bench/results/baking_speed.json); on a GPU, "
+        "sdpa.")
     decode_precision: Literal["bfloat16", "float32"] = Field(
         "bfloat16", description="Decoding (the trajectories sampled and the probes' greedy answers) under "
         "torch.autocast; the teacher's log-probabilities, the losses and the held-out curve stay float32. Measured on "

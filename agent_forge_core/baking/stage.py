@@ -68,7 +68,7 @@ def bake_prompts(model, tok, runtime, cfg: BakingSettings) -> dict[str, str]:
 
 def measure(b: str, model, tok, runtime, prompt: str, cfg: BakingSettings, shots: int,
             n: int | None = None, primary_only: bool = False) -> dict[str, float]:
-    with autocast(model.device, cfg.decode_precision):
+    with autocast(model.device, cfg.decode_precision, model):
         return PROBES[b](model, tok, runtime, prompt, n or cfg.probe_examples, cfg.seed, shots,
                          name=cfg.persona.name, turns=tuple(cfg.forgetting_turns), n_turns=cfg.forgetting_examples,
                          primary_only=primary_only)
@@ -125,7 +125,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             note(f"{name}: sampling trajectories")
             queries = training_queries(b, cfg.trajectories + cfg.heldout, cfg.other_share, shots, cfg.seed + i,
                                        tuple(cfg.persona.train_turns), getattr(cfg.chat_share, b, 0.0))
-            with autocast(model.device, cfg.decode_precision):
+            with autocast(model.device, cfg.decode_precision, model):
                 trajs = sample(model, tok, runtime, prompts[b], queries, cfg.temperature, cfg.max_new_tokens,
                                cfg.seed + i, session=f"bake-{name}")
             if len(trajs) <= cfg.heldout:

@@ -24,7 +24,8 @@ import torch
 
 from ..agent.generate import SHARED_MIN
 from ..training.lora import lora_config
-from ..training.precision import autocast
+from ..training.attention import attention_kernel
+from ..training.precision import autocast, held_weights
 from .loss import baking_kl, gen_positions
 from .trajectories import Trajectory, aligned
 
@@ -148,21 +149,23 @@ def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
 
 
 def accumulate(student, batch: list[Trajectory], targets: list[torch.Tensor], pad_id: int, objective: str,
-               precision: str, slack: float = 1.25) -> float:
+               precision: str, slack: float = 1.25, kernel: str = "eager") -> float:
     """One batch's loss, its gradient accumulated run by run (`length_groups`): each run's loss is its share
     of the batch loss (divided by the whole batch size), so the gradient is the padded batch's."""
     device = next(student.parameters()).device
     rows = [t.student_ids() for t in batch]
     total = 0.0
-    for g in length_groups([len(r[0]) for r in rows], slack):
-        with autocast(device, precision):
-            logits, tokens = _forward(student, [rows[i] for i in g], pad_id, with_targets=True)
-        if objective == "sft":
-            loss = torch.nn.functional.cross_entropy(logits.float(), tokens, reduction="sum") / len(batch)
-        else:
-            loss = baking_kl(logits, torch.cat([targets[i] for i in g]).to(logits.device), len(batch))
-        loss.backward()
-        total += loss.item()
+    # the frozen weights' bfloat16 copies, made once for all runs
+    with held_weights(student, precision), attention_kernel(student, kernel):
+        for g in length_groups([len(r[0]) for r in rows], slack):
+            with autocast(device, precision):
+                logits, tokens = _forward(student, [rows[i] for i in g], pad_id, with_targets=True)
+            if objective == "sft":
+                loss = torch.nn.functional.cross_entropy(logits.float(), tokens, reduction="sum") / len(batch)
+            else:
+                loss = baking_kl(logits, torch.cat([targets[i] for i in g]).to(logits.device), len(batch))
+            loss.backward()
+            total += loss.item()
     return total
 
 
@@ -206,7 +209,7 @@ def bake(model, trajs: list[Trajectory], heldout: list[Trajectory], cfg, pad_id:
         student.train()
         opt.zero_grad(set_to_none=True)
         loss = accumulate(student, [pool[i] for i in idx], [targets[i] for i in idx], pad_id, cfg.objective,
-                          cfg.train_precision)
+                          cfg.train_precision, kernel=cfg.train_attention)
         opt.step()
         history["steps"].append({"step": step, "loss": loss})
         if step % cfg.curve_every == 0 or step == steps:

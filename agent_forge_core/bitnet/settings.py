@@ -14,11 +14,14 @@ from .embeddings16 import DTYPES
 from .packing import FORMATS
 
 
+DEFAULT_SHARE = {"language": 3.0}
+
+
 class BitnetSettings(StageSection):
     profiles = {"full": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
-    off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 165 against float 18.6 (x8.9; "
-                "bench/results/bitnet_levers.json, lever channel_float_ends), which would leave every later stage "
-                "a model with little to train on")
+    off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 111 against float 18.6 (x6.0; "
+                "bench/results/bitnet_levers.json, lever channel_float_ends_bf16_language3), which would leave every "
+                "later stage a model with little to train on")
 
     modules: list[str] = Field(
         default_factory=lambda: list(PROJECTIONS),
@@ -45,6 +48,15 @@ class BitnetSettings(StageSection):
     lr: float = Field(3e-3, gt=0, description="Peak learning rate. With distillation at the quick budget "
                       "(bench/results/bitnet_levers.json): test perplexity 5,108 at 2e-4, 1,380 at 1e-3, 651 at 3e-3.")
     lr_warmup: int = Field(5, ge=0)
+    train_precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="QAT steps' forward (the student's and the teacher's) under bfloat16 autocast; the "
+        "latent weights, the optimiser, the token curve and the packed model stay float32. Measured on 2 cores: a step "
+        "14.3 s vs 22.7 s in float32 (with `train_attention` eager; bench/results/bitnet_qat_speed.json), and at the "
+        "same training tokens the same validation perplexity (47 vs 46 at 77k tokens, 36 vs 36.5 at 89k; "
+        "bench/results/bitnet_levers.json, channel_30min_float_ends_bf16 vs channel_30min_float_ends).")
+    train_attention: Literal["eager", "sdpa"] = Field(
+        "eager", description="transformers' attention kernel in the QAT steps (training/attention.py): eager 14.3 s a "
+        "step, sdpa 14.6 s in the same run (within noise here; on baking's steps eager was 1.24x); on a GPU, sdpa.")
     batch_size: int = Field(8, gt=0)
     max_len: int = Field(256, gt=16)
     data: list[str] = Field(
@@ -52,8 +64,12 @@ class BitnetSettings(StageSection):
         description="Training mixture for QAT: focuses (training/focuses.py), the same generators as Cognate, train split.",
     )
     data_share: dict[str, float] = Field(
-        default_factory=dict, description="Relative weight of each focus in `data` (one not named weighs 1; empty: "
-        "an equal split of the QAT sequences), e.g. {language: 3} for three natural-text windows per task sequence.")
+        default_factory=lambda: dict(DEFAULT_SHARE), description="Relative weight of each focus in `data` (one not "
+        "named weighs 1; empty: an equal split of the QAT sequences). Default {language: 3}: half the sequences "
+        "natural-text windows, half the three tasks. Measured with float ends and bfloat16 steps "
+        "(bench/results/bitnet_levers.json): test perplexity 64.0 vs 104.6 for the equal split at the 30-minute "
+        "budget (recall 10/72 vs 14/72, arithmetic 6 vs 5, instruction 1 vs 4), 111 vs 165 at the quick budget "
+        "(recall 1/72 vs 4/72); with every layer ternary it had cost recall (2/72 vs 8/72).")
     distill: DistillSettings = Field(
         default_factory=DistillSettings,
         description="Knowledge distillation from the float input during QAT (training/distill.py); kl_weight 0: "
@@ -85,6 +101,15 @@ class BitnetSettings(StageSection):
     @classmethod
     def _focuses(cls, v: list[str]) -> list[str]:
         return check_focuses(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_share_follows_data(cls, values):
+        """The default share weighs only the focuses `data` names (`data=[reasoning]` alone is no error); a share
+        given explicitly must name focuses in `data` (below)."""
+        if isinstance(values, dict) and "data_share" not in values and "data" in values:
+            values = {**values, "data_share": {k: v for k, v in DEFAULT_SHARE.items() if k in values["data"]}}
+        return values
 
     @model_validator(mode="after")
     def _shares_name_data(self) -> "BitnetSettings":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Iterator
 
 from ..evals.suite import evaluate, perplexity
@@ -23,6 +24,7 @@ from ..stages.contract import Built, StageContext, StageSpec
 from ..training.distill import distilled_loss
 from ..training.focuses import mixture_counts
 from ..training.loop import train
+from ..training.precision import held_weights
 from ..training.sft_data import batches, focus_sequences
 from .convert import convert, current_lambda, lambda_at, set_lambda
 from .settings import BitnetSettings
@@ -83,11 +85,14 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[
             curve.record(step)
         set_lambda(model, lambda_at(step, cfg.warmup, cfg.schedule))
 
-    stats = train(
-        model, curve.counted(batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed)), cfg.steps, cfg.lr,
-        cfg.lr_warmup, progress=lambda f, m: ctx.progress(f, f"bitnet QAT: {m}"), before_step=before_step,
-        seed=cfg.seed, loss_fn=distilled_loss(teacher, cfg.distill) if teacher is not None else None,
-    )
+    # the frozen teacher's bfloat16 copies last the whole run (its forward runs in the steps' autocast)
+    with held_weights(teacher, cfg.train_precision) if teacher is not None else nullcontext():
+        stats = train(
+            model, curve.counted(batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed)), cfg.steps, cfg.lr,
+            cfg.lr_warmup, progress=lambda f, m: ctx.progress(f, f"bitnet QAT: {m}"), before_step=before_step,
+            seed=cfg.seed, loss_fn=distilled_loss(teacher, cfg.distill) if teacher is not None else None,
+            precision=cfg.train_precision, attention=cfg.train_attention,
+        )
     del teacher
     set_lambda(model, 1.0)
     if cfg.curve_every:

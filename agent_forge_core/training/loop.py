@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+
+from .attention import attention_kernel
+from .precision import autocast
 
 
 @dataclass
@@ -39,10 +43,15 @@ def train(
     before_step: Callable[[int], None] | None = None,
     seed: int = 0,
     loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    precision: str = "float32",
+    attention: str | None = None,
 ) -> TrainStats:
     """Trains the parameters of `model` that require grad; `before_step(step)` runs before each step
-    (quantization warm-up schedules hook in there); `loss_fn(model, batch)` replaces the model's own
-    next-token loss (distillation, `training/distill.py`)."""
+    (quantization warm-up schedules hook in there, outside the step's precision and kernel); `loss_fn(model,
+    batch)` replaces the model's own next-token loss (distillation, `training/distill.py`). `precision`: the
+    forward pass (and the loss function's, a teacher's included) under bfloat16 autocast (`precision.py`), the
+    weights and the optimiser float32; `attention`: the kernel of the steps (`attention.py`; None keeps the
+    model's)."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -55,8 +64,10 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, warmup, lr)
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
-        loss.backward()
+        with attention_kernel(model, attention) if attention else nullcontext():
+            with autocast(device, precision):
+                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
