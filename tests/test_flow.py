@@ -66,7 +66,7 @@ def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls,
     assert {s for n, s in out["statuses"].items() if n not in ("import", "cognate")} == {"off"}
     rows = {r.split(" | ")[0].lstrip("| "): r for r in report.read_text().split("## Stages")[1].split("\n## ")[0].split("\n")
             if r.startswith("| ") and " | " in r}
-    assert "`bitnet.enabled=false`" in rows["bitnet"] and "perplexity 165" in rows["bitnet"]  # its measured note
+    assert "`bitnet.enabled=false`" in rows["bitnet"] and "perplexity 111" in rows["bitnet"]  # its measured note
     for k in out["finals"]:
         m = store.manifest(k)
         row = rows[f"cognate[{m.info['variant']}]"]
