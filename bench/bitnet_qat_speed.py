@@ -7,7 +7,8 @@ of the quick mixture's sequences), with each step setting side by side in one ru
   (`bitnet.train_attention`, `training/attention.py`).
 Each variant trains its own copy of the model from the same start on the same batches, a step of each in turn
 (so a drift in the machine's speed falls on all alike; the first step warms up and is not timed); the losses of
-the first step show what bfloat16 changes in the loss. Writes bench/results/bitnet_qat_speed.json.
+the first step show what bfloat16 changes in the loss. Writes bench/results/bitnet_qat_speed.json (recorded with
+the equal split of the four focuses, before `bitnet.data_share={language: 3}` became the default).
 Usage: python bench/bitnet_qat_speed.py [--steps 3]
 """
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 
 from agent_forge_core.bitnet.convert import convert, set_lambda
 from agent_forge_core.bitnet.settings import BitnetSettings
+from agent_forge_core.bitnet.stage import qat_sequences
+from agent_forge_core.config import load_settings
 from agent_forge_core.model_io import load_model
 from agent_forge_core.training.attention import attention_kernel
 from agent_forge_core.training.distill import distilled_loss
-from agent_forge_core.training.focuses import mixture_counts
 from agent_forge_core.training.precision import autocast, held_weights
-from agent_forge_core.training.sft_data import batches, focus_sequences
+from agent_forge_core.training.sft_data import batches
 
 OUT = Path(__file__).parent / "results" / "bitnet_qat_speed.json"
 VARIANTS = {"float32_sdpa": ("float32", "sdpa"), "bfloat16_sdpa": ("bfloat16", "sdpa"),
@@ -47,8 +49,7 @@ def main() -> None:
             float_layers=cfg.float_layers)
     set_lambda(base, 1.0)
     base.requires_grad_(True)
-    counts = mixture_counts((args.steps + 1) * cfg.batch_size, cfg.data, cfg.data_share)
-    seqs = [s for i, f in enumerate(cfg.data) for s in focus_sequences(f, tok, counts[f], cfg.max_len, 1, cfg.seed + i)]
+    seqs = qat_sequences(tok, cfg, (args.steps + 1) * cfg.batch_size, load_settings().eval.shots)
     data = list(zip(range(args.steps + 1), batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed)))
     loss_fn = distilled_loss(teacher, cfg.distill)
     runs = {}
@@ -61,6 +62,8 @@ def main() -> None:
         for name, (precision, kernel) in VARIANTS.items():
             r = runs[name]
             t0 = time.perf_counter()
+            # the teacher's copies are made inside each timed step (the variants share the teacher), where the
+            # stage makes them once per run: the bfloat16 times include a cost the stage does not pay
             with held_weights(teacher, precision), attention_kernel(r["model"], kernel):
                 with autocast("cpu", precision):
                     loss = loss_fn(r["model"], batch)

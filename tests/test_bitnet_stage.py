@@ -278,11 +278,11 @@ def test_the_token_curve_measures_the_written_model_without_changing_its_trainin
 
 def test_the_default_share_weighs_natural_text_and_follows_a_mixture_without_it():
     from agent_forge_core.bitnet.settings import BitnetSettings
-
-    assert BitnetSettings().data_share == {"language": 3.0}
-    assert BitnetSettings(data=["reasoning", "memory"]).data_share == {}  # the default share drops what data lacks
     from agent_forge_core.training.focuses import mixture_counts
 
+    cfg = BitnetSettings()
+    assert cfg.data_share == {"language": 3.0}
+    assert BitnetSettings(data=["reasoning", "memory"]).data_share == {}  # the default share drops what data lacks
     # the 30-minute run's 960 sequences: half natural text, the tasks a sixth each
-    assert mixture_counts(960, BitnetSettings().data, BitnetSettings().data_share) == {
+    assert mixture_counts(960, cfg.data, cfg.data_share) == {
         "language": 480, "reasoning": 160, "memory": 160, "instruction": 160}

@@ -55,6 +55,16 @@ class TokenCurve:
         self.seconds += time.perf_counter() - t0
 
 
+def qat_sequences(tok, cfg: BitnetSettings, n: int, shots: int, data=None) -> list:
+    """The QAT training sequences: `n` split over `cfg.data` by `cfg.data_share` (`mixture_counts`), shuffled."""
+    counts = mixture_counts(n, cfg.data, cfg.data_share)
+    seqs = []
+    for i, focus in enumerate(cfg.data):
+        seqs += focus_sequences(focus, tok, counts[focus], cfg.max_len, shots, cfg.seed + i, data)
+    random.Random(cfg.seed).shuffle(seqs)
+    return seqs
+
+
 def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     model, tok = load_model(str(ctx.store.get(parent)), device=str(ctx.device))
@@ -70,12 +80,7 @@ def build(inputs: list[str], cfg: BitnetSettings, ctx: StageContext, keys: dict[
         set_lambda(model, 1.0)
         ctx.progress(0.0, "bitnet: evaluating post-training ternarization")
         info["ptq_metrics"] = evaluate(model, tok, ctx.settings.eval)
-    counts = mixture_counts(cfg.steps * cfg.batch_size, cfg.data, cfg.data_share)
-    seqs = []
-    for i, focus in enumerate(cfg.data):
-        seqs += focus_sequences(focus, tok, counts[focus], cfg.max_len, ctx.settings.eval.shots, cfg.seed + i,
-                                ctx.settings.eval.data)
-    random.Random(cfg.seed).shuffle(seqs)
+    seqs = qat_sequences(tok, cfg, cfg.steps * cfg.batch_size, ctx.settings.eval.shots, ctx.settings.eval.data)
     for p in model.parameters():
         p.requires_grad_(True)
     curve = TokenCurve(model, tok, cfg, ctx.settings.eval.ppl_window)
