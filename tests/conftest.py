@@ -24,7 +24,9 @@ torch.set_num_threads(1)
 TINY_OVERRIDES = [
     "eval.n_examples=8", "eval.ppl_tokens=512", "eval.ppl_window=64", "eval.max_new_tokens=12", "eval.batch_size=8",
     "cognate.steps=4", "cognate.batch_size=4", "cognate.max_len=128", "cognate.warmup=1", "cognate.lora.r=4",
-    "evomerge.enabled=false",  # on by default; tests/test_evomerge_stage.py runs it
+    # on by default (the whole chain); each has its own tests, and tests/test_chain.py runs them all together
+    "evomerge.enabled=false", "quietstar.enabled=false", "loop.enabled=false", "baking.enabled=false",
+    "experts.enabled=false", "compression.enabled=false",
     "bitnet.float_layers=[]",  # the default keeps the first and last layers float: the tiny model's only two
 ]
 

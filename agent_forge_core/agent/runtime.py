@@ -71,7 +71,7 @@ class Runtime:
 
     @classmethod
     def open(cls, folder, model, tokenizer, settings: AgentSettings | None = None, session: str | None = None,
-             model_key: str = "", spec: RuntimeSpec | None = None) -> "Runtime":
+             model_key: str = "", spec: RuntimeSpec | None = None, verify_experts: bool = True) -> "Runtime":
         settings = settings or AgentSettings()
         design = read_design(folder) if folder else None
         if spec is None and design is not None and not (Path(folder) / RUNTIME_FILE).is_file():
@@ -102,7 +102,8 @@ class Runtime:
             tools[tool.name] = tool
         two_pass = None
         if folder and model is not None and has_experts(folder):
-            two_pass = TwoPass(model, tokenizer, folder, design and design["dispatch"], design and design.get("mix"))
+            two_pass = TwoPass(model, tokenizer, folder, design and design["dispatch"], design and design.get("mix"),
+                               verify=verify_experts)
         return cls(spec, tools, memory, index, two_pass)
 
     def expert(self, question: str):

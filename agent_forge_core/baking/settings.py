@@ -67,6 +67,8 @@ class BakingSettings(StageSection):
                          "forgetting_examples": 64,
                          "forgetting_turns": [0, 2, 4, 8], "curve_every": 4}}
 
+    enabled: bool = True
+
     order: list[str] = Field(
         default_factory=lambda: ["tool", "retrieval", "persona", "memory"], min_length=1,
         description=f"Sub-bakes in order, each merged before the next: any of {list(BAKES)}. Memory last: baked "
@@ -121,9 +123,9 @@ class BakingSettings(StageSection):
                          "half-baking curve's held-out line.")
     curve_every: int = Field(8, gt=0, description="Steps between held-out KL measurements (each a float32 forward "
                              "of the held-out trajectories; their time is `heldout_s` in the history).")
-    probe_examples: int = Field(16, gt=0, description="Test-split examples per probe and condition (the benchmark "
+    probe_examples: int = Field(8, gt=0, description="Test-split examples per probe and condition (the benchmark "
                                 "uses >=128).")
-    forgetting_examples: int = Field(8, gt=0, description="Examples for the forgetting measurements: earlier "
+    forgetting_examples: int = Field(4, gt=0, description="Examples for the forgetting measurements: earlier "
                                      "bakes re-measured after each bake, and the persona probe after k > 0 turns.")
     forgetting_turns: list[int] = Field(default_factory=lambda: [0, 4], min_length=1, description="Distractor "
                                         "turns before the persona probe (prompt forgetting); the benchmark uses 0, 2, 4, 8.")

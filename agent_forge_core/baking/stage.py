@@ -29,6 +29,7 @@ from ..agent.runtime import BUILTIN, Runtime
 from ..agent.settings import RUNTIME_FILE, AgentSettings, RuntimeSpec
 from ..errors import ConfigError
 from ..formats import bitnet as bitnet_format
+from ..formats.files import add_sidecars
 from ..model_io import load_model, save_model
 from ..stages.contract import Built, StageContext, StageSpec
 from .persona import expand, persona_prompt
@@ -42,7 +43,7 @@ from .trajectories import sample
 
 # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: trajectories
 # keep the generator's ids
-VERSION = 5
+VERSION = 6  # 6: the runtime and prompts are sidecars (carried by later stages)
 HISTORY_FILE = "baking_history.json"
 
 
@@ -171,6 +172,8 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
         (folder / RUNTIME_FILE).write_text(RuntimeSpec(tools=baked_tools, instructions=False).model_dump_json(indent=1))
         for b, text in prompts.items():
             (folder / f"prompt_{b}.txt").write_text(text)
+        # the agent's runtime travels down the chain: experts and compression rewrite the folder
+        add_sidecars(folder, [RUNTIME_FILE, *(f"prompt_{b}.txt" for b in prompts)])
         (folder / HISTORY_FILE).write_text(json.dumps({"history": history, **info}, indent=1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -18,7 +18,7 @@ DEFAULT_SHARE = {"language": 3.0}
 
 
 class BitnetSettings(StageSection):
-    profiles = {"full": {"steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
+    profiles = {"full": {"enabled": True, "steps": 1000, "warmup": 300, "batch_size": 16, "max_len": 512}}
     off_note = ("At the quick budget the ternary SmolLM2-135M reaches test perplexity 111 against float 18.6 (x6.0; "
                 "bench/results/bitnet_levers.json, lever channel_float_ends_bf16_language3), which would leave every "
                 "later stage a model with little to train on")

@@ -9,13 +9,22 @@ from ..evals.tasks import TASK_NAMES
 from ..settings_base import Section, StageSection, known
 from .codecs import CODECS, get_codec
 
-PLAN_CHOICES = ("auto", "keep")  # besides a codec: choose per tensor, or store the tensor as it is
+PLAN_CHOICES = ("auto", "keep")
+# 4.5 bits between VPTQ's ~3 and RTN's 6.5: the bench's GGUF Q4_0 row kept recall at 5.3 bpw model-wide where
+# VPTQ lost it, so the search needs a step there.
+QUICK_CANDIDATES = [{"codec": "gptq", "params": {"bits": 4, "group": 64, "symmetric": False}},
+                    {"codec": "rtn", "params": {"bits": 6, "group": 64}}]
+FULL_CANDIDATES = [{"codec": "vptq", "params": {"v": 4, "k": 256}},
+                   {"codec": "vptq", "params": {"v": 4, "k": 256, "residual_k": 16}},
+                   {"codec": "hyper", "params": {"n": 256, "spacing": "geometric"}},
+                   *QUICK_CANDIDATES]  # besides a codec: choose per tensor, or store the tensor as it is
 
 
 class FinetuneSettings(Section):
     """End-to-end distillation after quantization (`finetune.py`): codebooks and norms, codes fixed."""
 
-    enabled: bool = Field(True, description="Tune the codecs' trainable values (VPTQ codebooks) and the norms.")
+    enabled: bool = Field(False, description="Tune the codecs' trainable values (VPTQ codebooks) and the norms "
+                          "(quick: off, it pays for VPTQ's codebooks, which quick does not try; full: on).")
     steps: int = Field(32, ge=0, description="Adam steps (cosine learning rate to 0); ~17 s each for a 135M model "
                        "on 2 CPU cores.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate. On SmolLM2-135M at VPTQ ~3 bpw, 32 steps: "
@@ -47,6 +56,11 @@ class AutoCandidate(Section):
 
 
 class CompressionSettings(StageSection):
+    # quick: a fixed target over two fast codecs (the whole chain must fit 45 minutes on 2 cores); full: the
+    # search over every codec for the smallest plan whose gates pass, with fine-tuning.
+    profiles = {"full": {"auto_candidates": FULL_CANDIDATES, "target_bpw": "auto", "finetune": {"enabled": True}}}
+
+    enabled: bool = True
     rules: list[CompressionRule] = Field(
         default_factory=lambda: [
             CompressionRule(pattern="*_proj.weight", codec="auto"),
@@ -56,22 +70,16 @@ class CompressionSettings(StageSection):
         min_length=1, description="Tensor-name pattern -> codec (first match); tensors that match none are kept.",
     )
     auto_candidates: list[AutoCandidate] = Field(
-        default_factory=lambda: [
-            AutoCandidate(codec="vptq", params={"v": 4, "k": 256}),
-            AutoCandidate(codec="vptq", params={"v": 4, "k": 256, "residual_k": 16}),
-            AutoCandidate(codec="hyper", params={"n": 256, "spacing": "geometric"}),
-            # 4.5 bits between VPTQ's ~3 and RTN's 6.5: the bench's GGUF Q4_0 row kept recall at 5.3 bpw
-            # model-wide where VPTQ lost it, so the search needs a step there.
-            AutoCandidate(codec="gptq", params={"bits": 4, "group": 64, "symmetric": False}),
-            AutoCandidate(codec="rtn", params={"bits": 6, "group": 64}),
-        ],
-        min_length=1, description="What `auto` tries on each tensor (each one encodes it: cost adds up).",
+        default_factory=lambda: [AutoCandidate(**c) for c in QUICK_CANDIDATES],
+        min_length=1, description="What `auto` tries on each tensor (each one encodes it: cost adds up). quick: "
+        "asymmetric GPTQ 4-bit and RTN 6-bit (about a minute for SmolLM2-135M); full: also VPTQ ~2 and ~3 bpw and "
+        "Hyper-Compression (about 20 minutes of encoding on 2 CPU cores).",
     )
     error_budget: float = Field(0.05, gt=0, description="auto: largest relative (Hessian-weighted) error a tensor may get.")
     target_bpw: float | Literal["auto"] | None = Field(
-        "auto", description="Model-wide bits per weight (all tensors counted) the `auto` tensors' plan meets; "
+        6.0, description="Model-wide bits per weight (all tensors counted) the `auto` tensors' plan meets; "
         "`auto`: the smallest whose gates pass on the validation split (`target_search.py`); null: the most "
-        "accurate plan within error_budget.")
+        "accurate plan within error_budget. quick: 6.0 (each search probe is a validation run); full: auto.")
     search_tolerance: float = Field(0.1, gt=0, description="target_bpw auto: stop when the smallest passing and "
                                     "the largest failing plan are this close (bits per weight).")
     search_probes: int = Field(6, ge=2, description="target_bpw auto: most plans evaluated (each a validation run).")

@@ -18,7 +18,7 @@ class CandidateEvalSettings(Section):
 
 
 class EvoMergeSettings(StageSection):
-    profiles = {"full": {"population": 12, "generations": 10, "candidate_eval": {"n_examples": 100, "ppl_tokens": 16384}}}
+    profiles = {"full": {"population": 12, "generations": 10, "finalists": 3, "candidate_eval": {"n_examples": 100, "ppl_tokens": 16384}}}
 
     enabled: bool = True
     methods: list[str] = Field(
@@ -29,12 +29,12 @@ class EvoMergeSettings(StageSection):
     weight_bounds: tuple[float, float] = Field((0.0, 1.2), description="Range of each model's weight.")
     density_bounds: tuple[float, float] = Field((0.2, 1.0), description="Range of TIES/DARE densities.")
     lambda_bounds: tuple[float, float] = Field((0.6, 1.6), description="Range of the task-vector scale lambda.")
-    population: int = Field(6, ge=2, description="Candidates per CMA-ES generation.")
-    generations: int = Field(3, ge=1)
+    population: int = Field(4, ge=2, description="Candidates per CMA-ES generation.")
+    generations: int = Field(2, ge=1)
     sigma: float = Field(0.25, gt=0, le=1, description="Initial CMA-ES step size in the unit cube of genes.")
     seed_inputs: bool = Field(True, description="Generation 0 also scores each input model alone (a linear recipe of "
                               "one model), so the search measures the merges against their parts and CMA-ES learns from them.")
-    finalists: int = Field(3, ge=1, description="The best candidates re-scored on the validation split with the "
+    finalists: int = Field(1, ge=1, description="The best candidates re-scored on the validation split with the "
                            "stage's full eval (`eval.n_examples` per task); the best re-score wins (1: no re-scoring).")
     seed: int = 0
     fitness: dict[str, float] = Field(

@@ -83,3 +83,26 @@ def mix(experts: list[Expert], alpha: list[float] | torch.Tensor) -> dict[str, t
 
 def load_experts(folder: str | Path, domains: list[str]) -> list[Expert]:
     return [Expert.load(Path(folder) / EXPERTS_DIR / f"{d}.safetensors") for d in domains]
+
+
+def rebase_experts(folder: str | Path, model) -> dict[str, float]:
+    """Re-anchor the experts beside a checkpoint whose weights a later stage re-encoded (final compression): the
+    fingerprint ‖W'(z) − W‖_F of every expert file under `experts/` is recomputed on `model`'s weights and stored,
+    so loading checks against the weights the experts now run on. Returns {file: largest relative change of a
+    matrix's fingerprint}: how far the re-encoding moved the experts' effect. It is bounded by Hoffman–Wielandt,
+    |Δ‖diag(σ(z−1))‖| ≤ max|z−1| · ‖W_c − W‖_F, so a faithful re-encoding moves it little; the stage that
+    re-encodes measures the experts through its own gates."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    spec = json.loads((folder / "experts.json").read_text())
+    svf = SVF(model, spec["target"])
+    drift = {}
+    for path in sorted((folder / EXPERTS_DIR).glob("*.safetensors")):
+        exp = Expert.load(path)
+        svf.check(exp.z)
+        old, new = exp.meta.get("deltas", {}), exp.fingerprint(svf)
+        drift[path.name] = max((abs(new[n] - old[n]) / max(old[n], 1e-6) for n in new if n in old), default=0.0)
+        save_file({n: v.half().contiguous() for n, v in exp.z.items()}, str(path),
+                  metadata={"expert": json.dumps({**exp.meta, "deltas": new})})
+    return drift

@@ -33,7 +33,7 @@ class ExpertTraining(Section):
     init: float = Field(0.1, description="p's initial value (z = sigmoid(p) ≈ 0.525).")
     lr: float = Field(2e-2, gt=0, description="Adam lr on p (reference 2e-3 over 200+ iterations; tens of CPU steps "
                       "at 2e-3 move z by < 0.01).")
-    steps: int = Field(5, gt=0, description="Optimiser steps per expert (each one a forward and backward of "
+    steps: int = Field(4, gt=0, description="Optimiser steps per expert (each one a forward and backward of "
                        "`batch_size` prompts; ~11 s on 2 cores for SmolLM2-135M).")
     batch_size: int = Field(8, gt=0)
     max_grad_norm: float = Field(1e-3, gt=0, description="Clip of p's gradient norm (the reference's 1e-3; Adam is "
@@ -72,6 +72,8 @@ class ExpertsSettings(StageSection):
                          "dispatch_compare": ["prompt", "linear"],
                          "search": {"enabled": True, "designs": 20, "examples": 64}}}
 
+    enabled: bool = True
+
     domains: list[str] = Field(default_factory=lambda: ["arithmetic", "recall", "instruction", "language"],
                                min_length=1, description=f"One expert each, any of {list(DOMAIN_NAMES)} "
                                "(driving also needs no eval change: the stage measures it itself).")
@@ -93,8 +95,8 @@ class ExpertsSettings(StageSection):
     other_margin: float = Field(1.1, ge=0, description="The linear dispatcher leaves a query on the base weights "
                                 "when it lies farther than this times the farthest training query from its domain's "
                                 "centroid (`dispatch.py`); 0: never.")
-    dispatch_train: int = Field(24, gt=0, description="Train-split queries per domain for the dispatchers that learn.")
-    dispatch_examples: int = Field(16, gt=0, description="Test-split queries per domain for dispatch accuracy.")
+    dispatch_train: int = Field(16, gt=0, description="Train-split queries per domain for the dispatchers that learn.")
+    dispatch_examples: int = Field(8, gt=0, description="Test-split queries per domain for dispatch accuracy.")
     matrix_examples: int = Field(0, ge=0, description="Test-split examples per task for the expert x task matrix "
                                  "(every expert on every domain; `full` 128, as the benchmark). 0: no matrix (the "
                                  "quick profile: its rows cost a third of an evaluation each; the runner's evaluation "

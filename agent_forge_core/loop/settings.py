@@ -22,7 +22,7 @@ PHASE_KINDS = ("train", "calibrate", "dream", "reflect")
 class PhaseSettings(Section):
     name: str
     kind: Literal["train", "calibrate", "dream", "reflect"] = "train"
-    steps: int = Field(8, ge=0, description="Optimizer steps (calibrate: none, it only measures).")
+    steps: int = Field(4, ge=0, description="Optimizer steps (calibrate: none, it only measures; full: 60).")
     lr_scale: float = Field(1.0, gt=0, description="× loop.lr (float) or loop.lr_bitnet (ternary latents).")
     grokfast: bool = Field(False, description="EMA gradient filter (loop.grokfast) before clipping.")
     curriculum: bool = Field(False, description="Train on the difficulty-graded generators at the controller's level.")
@@ -117,6 +117,8 @@ class LoopSettings(StageSection):
                          "phases": [{**p.identity(), "steps": 0 if p.kind == "calibrate" else 60}
                                     for p in default_phases()]}}
 
+    enabled: bool = True
+
     phases: list[PhaseSettings] = Field(default_factory=default_phases, min_length=1)
     lr: float = Field(2e-5, gt=0, description="Peak lr for a float input (full fine-tuning).")
     lr_bitnet: float = Field(2e-4, gt=0, description="Peak lr for ternary latents (the BitNet stage's QAT lr).")
@@ -131,8 +133,8 @@ class LoopSettings(StageSection):
     dream: DreamSettings = Field(default_factory=DreamSettings)
     self_model: SelfModelSettings = Field(default_factory=SelfModelSettings)
     distill: DistillSettings = Field(default_factory=DistillSettings)
-    val_examples: int = Field(8, gt=0, description="Validation examples per task after every phase.")
-    val_ppl_tokens: int = Field(1024, gt=0, description="Validation perplexity tokens after every phase.")
+    val_examples: int = Field(4, gt=0, description="Validation examples per task after every phase.")
+    val_ppl_tokens: int = Field(512, gt=0, description="Validation perplexity tokens after every phase.")
     tolerance: float = Field(0.05, ge=0, description="A phase that lowers the combined validation score by more "
                              "than this against the best phase kept so far is rolled back.")
     gate_z: float = Field(2.0, ge=0, description="The gate counts the accuracy part of a drop only beyond this many "

@@ -25,7 +25,9 @@ REFERENCE = {"n_thought": 9, "n_talk": 4, "n_passes": 2, "seq_len": 256, "batch_
 
 class QuietStarSettings(StageSection):
     profiles = {"full": {"n_thought": 9, "n_talk": 4, "n_passes": 2, "seq_len": 256, "batch_size": 8,
-                         "steps": 100, "lr": 1e-6, "warmup": 20}}
+                         "steps": 100, "lr": 1e-6, "warmup": 20, "eval_examples": 32, "eval_text_tokens": 1024}}
+
+    enabled: bool = True
 
     n_thought: int = Field(2, ge=0, description="Sampled thought tokens per position (the reference's n_ahead - 3).")
     n_talk: int = Field(2, ge=1, description="True tokens teacher-forced after the thought (n_ahead_talk).")
@@ -35,7 +37,7 @@ class QuietStarSettings(StageSection):
         "no REINFORCE term (the null-thought control: extra compute and a learned mix, no rationale).")
     seq_len: int = Field(48, gt=8, description="Tokens per training window.")
     batch_size: int = Field(2, gt=0, description="Windows per step (each repeated n_passes times).")
-    steps: int = Field(30, gt=0)
+    steps: int = Field(12, gt=0, description="Optimiser steps (~12 s each on 2 CPU cores in quick).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (reference 1e-6 for 7B, too small to move 135M in "
                       "tens of steps).")
     warmup: int = Field(5, ge=0)
@@ -51,9 +53,9 @@ class QuietStarSettings(StageSection):
     data: list[str] = Field(default_factory=lambda: ["reasoning", "language"], min_length=1,
                             description="Training mixture, equal shares (focuses: arithmetic with worked steps in "
                             "the eval's few-shot format, natural text), train splits only.")
-    eval_examples: int = Field(32, gt=0, description="Held-out arithmetic examples for the thought metrics (the "
+    eval_examples: int = Field(16, gt=0, description="Held-out arithmetic examples for the thought metrics (the "
                                "benchmark uses 128).")
-    eval_text_tokens: int = Field(1024, gt=0, description="Held-out text tokens for the thought metrics.")
+    eval_text_tokens: int = Field(512, gt=0, description="Held-out text tokens for the thought metrics.")
     grad_norm_every: int = Field(10, ge=0, description="Every k steps, measure the NLL and REINFORCE gradient "
                                  "norms apart (one extra backward); 0: never.")
     seed: int = 0
