@@ -111,8 +111,22 @@ def stage_lines(statuses: list[StageStatus], store: CheckpointStore) -> list[str
     return lines
 
 
+def agent_lines(rows: list[dict], key: str) -> list[str]:
+    """One row per capability of the final agent (`final_agent.py`): at the stage that gave it and on the final
+    checkpoint."""
+    if not rows:
+        return []
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    return ["## Final agent", "",
+            f"What each stage gave the agent, measured on the stage's own output and again on the final checkpoint "
+            f"`{key}` with its runtime on (its baked tools, a fresh memory session, retrieval, its experts' "
+            "dispatcher). Rates and accuracies are shares of the stage's test probes.", "",
+            "| stage | capability | at its stage | final agent |", "|---|---|---|---|",
+            *(f"| {r['stage']} | {r['capability']} | {fmt(r['at_stage'])} | {fmt(r['final'])} |" for r in rows)]
+
+
 def markdown(manifests: list[Manifest], finals: list[str], store: CheckpointStore, title: str,
-             statuses: list[StageStatus] | None = None) -> str:
+             statuses: list[StageStatus] | None = None, agent_rows: list[dict] | None = None) -> str:
     names = sorted({k for m in manifests for k in m.metrics if not k.endswith("_se")})
     lines = [f"# Forge report: {title}", "", "## Final checkpoints", ""]
     lines += [f"- `{k}` at `{store.uri(k)}`" for k in finals]
@@ -120,6 +134,8 @@ def markdown(manifests: list[Manifest], finals: list[str], store: CheckpointStor
         lines += ["", "## Stages", "", *stage_lines(statuses, store), "",
                   "Changes in parentheses: against the stage's input and against the base; perplexities as a ratio "
                   "(lower is better), accuracies as a difference (higher is better)."]
+    if agent_rows:
+        lines += ["", *agent_lines(agent_rows, finals[0])]
     lines += ["", "## Lineage", ""]
     for k in finals:
         lines.append("- " + " -> ".join(f"`{label(m)}` ({m.key})" for m in store.lineage(k)))
@@ -185,10 +201,10 @@ def report_key(finals: list[str]) -> str:
 
 
 def write_report(store: CheckpointStore, finals: list[str], title: str,
-                 statuses: list[StageStatus] | None = None) -> tuple[str, str]:
+                 statuses: list[StageStatus] | None = None, agent_rows: list[dict] | None = None) -> tuple[str, str]:
     """Writes reports/<report_key(finals)>/report.md and metrics.png; returns (markdown, report uri)."""
     manifests = collect(store, finals)
-    md = markdown(manifests, finals, store, title, statuses)
+    md = markdown(manifests, finals, store, title, statuses, agent_rows)
     folder = f"reports/{report_key(finals)}"
     store.write_file(f"{folder}/metrics.png", chart_png(manifests))
     md_with_chart = md + "\n![metrics](metrics.png)\n"

@@ -10,7 +10,9 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact  # noqa: E402
 
 from agent_forge_core.config import load_settings  # noqa: E402
+from agent_forge_core.context import make_context  # noqa: E402
 from agent_forge_core.credentials import refuse_secret_overrides  # noqa: E402
+from agent_forge_core.final_agent import measure_final_agent  # noqa: E402
 from agent_forge_core.report import metrics_table, collect, write_report  # noqa: E402
 from agent_forge_core.stages.contract import Artifact  # noqa: E402
 from agent_forge_core.stages.plan import make_plan, stage_statuses  # noqa: E402
@@ -61,8 +63,13 @@ def forge(config: str | None = None, profile: str | None = None, overrides: list
     for st in statuses:
         if st.status == "off":
             log.info("stage %s off: %s", st.stage, st.reason)
-    md, uri = write_report(store, finals, settings.run_name, statuses)
+    agent_rows = []
+    if len(finals) == 1:
+        log.info("final agent: measuring what the stages gave it on %s", finals[0])
+        ctx = make_context(settings, log=log)
+        agent_rows = measure_final_agent(store, finals[0], settings, ctx.work_dir, log, str(ctx.device))
+    md, uri = write_report(store, finals, settings.run_name, statuses, agent_rows)
     create_markdown_artifact(md, key="forge-report", description=f"forge report ({uri})")
     log.info("report: %s", uri)
     return {"stages": plan.names, "finals": finals, "report": uri, "rows": rows, "reused": reused,
-            "statuses": {st.stage: st.status for st in statuses}}
+            "statuses": {st.stage: st.status for st in statuses}, "agent": agent_rows}

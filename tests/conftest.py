@@ -1,4 +1,5 @@
 import os
+from collections import Counter
 import socket
 import tempfile
 import sys
@@ -49,6 +50,23 @@ def tiny_settings(tmp_path, tiny_model_dir):
         )
 
     return make
+
+
+@pytest.fixture
+def body_calls(monkeypatch):
+    """Counts how often each stage's task really builds something (a cached stage only reads manifests)."""
+    import tasks.stage_task as stage_task_mod
+
+    calls = Counter()
+    real = stage_task_mod.run_stage
+
+    def counting(spec, planned, ctx):
+        if not all(ctx.store.exists(k) for k in planned.keys.values()):
+            calls[spec.name] += 1
+        return real(spec, planned, ctx)
+
+    monkeypatch.setattr(stage_task_mod, "run_stage", counting)
+    return calls
 
 
 @pytest.fixture(scope="session")

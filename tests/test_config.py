@@ -4,6 +4,7 @@ from agent_forge_core.config import load_settings, settings_class
 from agent_forge_core.errors import ConfigError
 from agent_forge_core.keys import config_hash
 from agent_forge_core.stages.plan import plan
+from agent_forge_core.stages.registry import stage_names
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +20,19 @@ def test_defaults_are_the_quick_profile():
     assert s.profile == "quick"
     assert s.model.source == "smollm2-135m-instruct"
     assert s.store.url == ".forge/store"
-    assert s.cognate.enabled and s.cognate.focuses == ["reasoning", "memory", "language"]
+    assert s.cognate.enabled and s.cognate.focuses == ["reasoning", "memory"]  # full: also language
     assert s.cognate.steps == settings_class().model_fields["cognate"].default_factory().steps
-    assert plan(s) == ["import", "cognate", "evomerge"]
+    # the whole chain, but BitNet: off in quick with its measured reason, on in full
+    assert plan(s) == ["import", "cognate", "evomerge", "quietstar", "loop", "baking", "experts", "compression"]
+    assert not s.bitnet.enabled and "x6.0" in type(s.bitnet).off_note
 
 
 def test_full_profile_raises_budgets():
     q, f = load_settings(), load_settings(profile="full")
     assert f.profile == "full" and f.cognate.steps > q.cognate.steps and f.eval.n_examples > q.eval.n_examples
+    assert plan(f) == stage_names()  # every stage, BitNet included
+    assert f.evomerge.finalists > q.evomerge.finalists and f.quietstar.steps > q.quietstar.steps
+    assert f.compression.target_bpw == "auto" and f.compression.finetune.enabled and not q.compression.finetune.enabled
 
 
 def test_precedence_yaml_env_cli(tmp_path, monkeypatch):
@@ -47,7 +53,7 @@ def test_profile_below_yaml(tmp_path, monkeypatch):
     s = load_settings(cfg)
     assert s.profile == "full" and s.cognate.steps == 7 and s.eval.n_examples == 200
     s = load_settings(cfg, profile="quick")  # the --profile flag beats the file, and the field agrees
-    assert s.profile == "quick" and s.eval.n_examples == 72 and s.cognate.steps == 7
+    assert s.profile == "quick" and s.eval.n_examples == 32 and s.cognate.steps == 7
     monkeypatch.setenv("AF_PROFILE", "full")
     assert load_settings(profile="quick").profile == "quick" and load_settings().profile == "full"
 

@@ -12,7 +12,7 @@ from conftest import TINY_OVERRIDES
 
 EVO = ["cognate.focuses=[reasoning,memory]", "evomerge.enabled=true", "evomerge.population=3",
        "evomerge.generations=2", "evomerge.runtime.slots=2", "evomerge.candidate_eval.n_examples=4",
-       "evomerge.candidate_eval.ppl_tokens=256", "evomerge.gates={}"]
+       "evomerge.candidate_eval.ppl_tokens=256", "evomerge.gates={}", "evomerge.finalists=3"]
 
 
 @pytest.fixture
@@ -96,8 +96,9 @@ def test_default_pipeline_merges_before_bitnet():
     from agent_forge_core.config import load_settings
     from agent_forge_core.stages.plan import plan
 
-    assert plan(load_settings()) == ["import", "cognate", "evomerge"]
-    assert plan(load_settings(overrides=["bitnet.enabled=true"])) == ["import", "cognate", "evomerge", "bitnet"]
+    chain = ["import", "cognate", "evomerge", "quietstar", "loop", "baking", "experts", "compression"]
+    assert plan(load_settings()) == chain
+    assert plan(load_settings(overrides=["bitnet.enabled=true"])) == [*chain[:4], "bitnet", *chain[4:]]
 
 
 def test_slot_count_does_not_change_the_checkpoint_key(tmp_path):

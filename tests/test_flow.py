@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-import tasks.stage_task as stage_task_mod
 from agent_forge_core.errors import GateFailed, ModelLoadError
 from agent_forge_core.stages.registry import stage_names
 from agent_forge_core.store import CheckpointStore
@@ -15,21 +14,6 @@ from conftest import TINY_OVERRIDES
 def overrides(tmp_path, tiny_model_dir):
     return [f"model.source={tiny_model_dir}", f"store.url={tmp_path}/store", f"store.cache_dir={tmp_path}/cache",
             f"work_dir={tmp_path}/work", *TINY_OVERRIDES]
-
-
-@pytest.fixture
-def body_calls(monkeypatch):
-    """Counts how often each stage's task really builds something (a cached stage only reads manifests)."""
-    calls = Counter()
-    real = stage_task_mod.run_stage
-
-    def counting(spec, planned, ctx):
-        if not all(ctx.store.exists(k) for k in planned.keys.values()):
-            calls[spec.name] += 1
-        return real(spec, planned, ctx)
-
-    monkeypatch.setattr(stage_task_mod, "run_stage", counting)
-    return calls
 
 
 def test_failure_at_stage_k_then_resume_then_cached_rerun(overrides, body_calls, monkeypatch, tmp_path):

@@ -41,8 +41,12 @@ CHAT_DEMOS = ("Q: Hello! How are you today?\nA: I am well, thank you. How can I 
 
 
 def as_tool_demo(text: str) -> str:
-    """Worked steps `a op b = c` written as calculator calls with their results."""
-    return STEP.sub(lambda m: f"<calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", text)
+    """Worked steps `a op b = c` written `a op b = <calc>a op b</calc><result>c</result>`: the step as the model
+    writes it, the call where it would write the result. Measured (prompted call rate, 16 test probes): after the
+    default chain's cognate, EvoMerge, Quiet-STaR and loop, which train worked steps, the model wrote its own
+    steps under demonstrations that open with the call (`<calc>a op b</calc><result>c</result>`): 0.00; with these
+    0.75. On the imported model 0.44 (0.75 with the others): the default chain is what bakes, so these."""
+    return STEP.sub(lambda m: f"{m[1]} {m[2]} {m[3]} = <calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", text)
 
 
 def tool_prompt(runtime) -> str:

@@ -159,6 +159,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
             "student": kind, "order": cfg.order, "departures": cfg.departures(REFERENCE), "probes": probes,
             "recovery": {b: recovery(p["base"], p["prompted"], p["baked"]) for b, p in probes.items()},
             "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order}, "input_s": input_s,
+            "agent": baked_capabilities({b: p["baked"] for b, p in probes.items()}),
             "tables": probe_tables(probes, forgetting),
             "loss": {n: {"objective": cfg.objective, "first": h["steps"][0]["loss"], "last": h["steps"][-1]["loss"],
                          "heldout_kl": [x["kl"] for x in h["heldout"]]} for n, h in history.items()},
@@ -180,12 +181,27 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
     yield Built(variant="", folder=folder, parent=parent, info=info, model=model, tokenizer=tok)
 
 
+def baked_capabilities(measured: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"<bake> <metric>": value} of each bake's probe, the undefined ones (no call made: NaN) left out."""
+    return {f"{b} {m}": v for b, got in measured.items() for m, v in got.items() if v is not None and math.isfinite(v)}
+
+
+def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
+    """The bakes measured on a later checkpoint (the final agent): its own runtime (the baked tools, a fresh memory
+    session), no prompt, the probes of the stage's `baked` condition with the run's baking settings."""
+    cfg = settings.baking
+    agent = AgentSettings(memory=str(scratch / "memory.sqlite"), index_dir=settings.agent.index_dir)
+    runtime = Runtime.open(folder, model, tok, agent, session=f"agent-probe-{uuid.uuid4().hex[:8]}")
+    return baked_capabilities({b: measure(b, model, tok, runtime, "", cfg, settings.eval.shots) for b in cfg.order})
+
+
 SPEC = StageSpec(
     name="baking",
     version=VERSION,
     takes="one",
     build=build,
     settings=BakingSettings,
+    agent_probe=agent_probe,
     description="Prompt Baking of tool use, memory, automatic retrieval and a self-guided persona (KL to the "
                 "prompted model, LoRA or ternary latents under STE).",
 )

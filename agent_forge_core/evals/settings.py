@@ -11,9 +11,9 @@ class EvalSettings(Section):
     profiles = {"full": {"n_examples": 200, "max_new_tokens": 48, "shots": 2, "ppl_tokens": 32768, "ppl_window": 1024, "batch_size": 32}}
 
     tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
-    n_examples: int = Field(32, gt=0, description="Examples per task on the scored split (32: an accuracy's "
-                            "standard error is at most ±0.088; every stage's output is scored, so this sets most of the "
-                            "quick chain's eval time, about 70 s a checkpoint on 2 cores; full: 200).")
+    n_examples: int = Field(24, gt=0, description="Examples per task on the scored split (24: an accuracy's "
+                            "standard error is at most ±0.1; every stage's output is scored, so this sets much of the "
+                            "quick chain's time, about a minute a checkpoint on 2 cores; full: 200).")
     shots: int = Field(1, ge=0, description="In-context examples (from the train split) in each prompt.")
     ppl_tokens: int = Field(4096, gt=0, description="Tokens of held-out text for perplexity.")
     ppl_window: int = Field(256, gt=8)
@@ -21,6 +21,9 @@ class EvalSettings(Section):
     max_new_tokens: int = Field(32, gt=0, description="Greedy tokens per answer (the longest gold answer, two "
                                 "worked arithmetic steps, is about 20).")
     seed: int = 1234
+    noise_aware_gates: bool = Field(
+        True, description="An accuracy gate fails only when its shortfall below the allowed minimum is beyond the "
+        "noise (2 standard errors of the difference, `evals/gates.py`); false: the point estimates decide.")
     data: dict[str, str] = Field(
         default_factory=dict, description="Bring your own data: task name -> JSONL file with prompt/answer rows."
     )

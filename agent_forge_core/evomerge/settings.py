@@ -29,7 +29,7 @@ class EvoMergeSettings(StageSection):
     weight_bounds: tuple[float, float] = Field((0.0, 1.2), description="Range of each model's weight.")
     density_bounds: tuple[float, float] = Field((0.2, 1.0), description="Range of TIES/DARE densities.")
     lambda_bounds: tuple[float, float] = Field((0.6, 1.6), description="Range of the task-vector scale lambda.")
-    population: int = Field(4, ge=2, description="Candidates per CMA-ES generation.")
+    population: int = Field(3, ge=2, description="Candidates per CMA-ES generation.")
     generations: int = Field(2, ge=1)
     sigma: float = Field(0.25, gt=0, le=1, description="Initial CMA-ES step size in the unit cube of genes.")
     seed_inputs: bool = Field(True, description="Generation 0 also scores each input model alone (a linear recipe of "

@@ -33,7 +33,7 @@ from ..stages.contract import Built, StageContext, StageSpec
 from ..store import Manifest
 from .cem import cem
 from .designs import Design
-from .dispatch import (LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router,
+from .dispatch import (OTHER_LABEL, LinearProbe, dispatch_accuracy, linear_router, pooled_features, prompt_router,
                        train_classifier)
 from .domains import Domain, get_domain, other_texts
 from .expert import EXPERTS_DIR, Expert, mix
@@ -43,7 +43,7 @@ from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
 from .search import run_search
 from .svf import SVF
 from .train import train_expert
-from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, evaluate_two_pass
+from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, TwoPass, evaluate_two_pass
 
 VERSION = 2  # 2: the `other` class, the stop-token fix in REINFORCE
 CLS_FILE = "experts/_dispatch.safetensors"
@@ -246,6 +246,7 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
         "matrix_examples": cfg.matrix_examples,
         "experts": {d: {**e.meta, "history": histories[d]} for d, e in experts.items()},
         "dispatch_accuracy": dispatcher["accuracy"], "dispatch": cfg.dispatch, "timings": timings,
+        "agent": dispatch_capabilities(cfg.dispatch, dispatcher["accuracy"].get(cfg.dispatch, {})),
         "departures": {**cfg.train.departures(REFERENCE), **cfg.cem.departures(CEM_REFERENCE)},
     })
     acc = dispatcher["accuracy"]
@@ -262,6 +263,23 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     yield Built(variant="", folder=folder, parent=parent, info=info, model=model, tokenizer=tok)
 
 
+def dispatch_capabilities(mode: str, accuracy: dict[str, float]) -> dict[str, float]:
+    return {f"dispatch ({mode}) {k}": v for k, v in accuracy.items() if k in ("all", OTHER_LABEL)}
+
+
+def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
+    """The checkpoint's own dispatcher on the stage's test queries (and text of no domain), on its weights now."""
+    cfg = settings.experts
+    two_pass = TwoPass(model, tok, folder)
+    if two_pass.mode not in ("linear", "prompt", "cls_expert"):  # cem and static pick no expert per prompt
+        return {}
+    ev = settings.eval
+    test_q = {d: get_domain(d, ev.data).queries("test", cfg.dispatch_examples, ev.shots, cfg.seed)
+              for d in two_pass.domains}
+    acc = dispatch_accuracy(two_pass.route, test_q, other_texts(cfg.dispatch_examples, seed=cfg.seed))
+    return dispatch_capabilities(two_pass.mode, acc)
+
+
 SPEC = StageSpec(
     name="experts",
     version=VERSION,
@@ -269,6 +287,7 @@ SPEC = StageSpec(
     build=build,
     settings=ExpertsSettings,
     evaluate=evaluate_two_pass,
+    agent_probe=agent_probe,
     jobs=(DESIGN_JOB,),
     description="Transformer² SVF experts per domain, dispatched per prompt (two-pass inference).",
 )

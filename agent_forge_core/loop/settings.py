@@ -22,7 +22,7 @@ PHASE_KINDS = ("train", "calibrate", "dream", "reflect")
 class PhaseSettings(Section):
     name: str
     kind: Literal["train", "calibrate", "dream", "reflect"] = "train"
-    steps: int = Field(4, ge=0, description="Optimizer steps (calibrate: none, it only measures; full: 60).")
+    steps: int = Field(3, ge=0, description="Optimizer steps (calibrate: none, it only measures; full: 60).")
     lr_scale: float = Field(1.0, gt=0, description="× loop.lr (float) or loop.lr_bitnet (ternary latents).")
     grokfast: bool = Field(False, description="EMA gradient filter (loop.grokfast) before clipping.")
     curriculum: bool = Field(False, description="Train on the difficulty-graded generators at the controller's level.")

@@ -37,7 +37,7 @@ class QuietStarSettings(StageSection):
         "no REINFORCE term (the null-thought control: extra compute and a learned mix, no rationale).")
     seq_len: int = Field(48, gt=8, description="Tokens per training window.")
     batch_size: int = Field(2, gt=0, description="Windows per step (each repeated n_passes times).")
-    steps: int = Field(12, gt=0, description="Optimiser steps (~12 s each on 2 CPU cores in quick).")
+    steps: int = Field(8, gt=0, description="Optimiser steps (~12 s each on 2 CPU cores in quick).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (reference 1e-6 for 7B, too small to move 135M in "
                       "tens of steps).")
     warmup: int = Field(5, ge=0)

@@ -75,6 +75,8 @@ class Artifact:
 BuildFn = Callable[[list[str], Section, StageContext, dict[str, str]], Iterator[Built]]
 # (model, tokenizer, eval settings, folder of the built checkpoint) -> metrics
 EvaluateFn = Callable[[Any, Any, Any, Path], dict[str, float]]
+# (model, tokenizer, checkpoint folder, the run's settings, scratch folder) -> {capability: value}
+AgentProbeFn = Callable[[Any, Any, Path, Any, Path], dict[str, float]]
 
 
 def _single(section: Section) -> list[str]:
@@ -94,6 +96,10 @@ class StageSpec:
     # (section, the built model's info) -> what to change when its gates fail (None: the generic advice)
     gate_advice: Callable[[Section, dict[str, Any]], str] | None = None
     jobs: tuple[Job, ...] = ()  # functions its fan-out runs (deployment runs look them up by name)
+    # What the stage gave the agent (tool use, dispatch...), measured again on a later checkpoint of its lineage
+    # that still carries it: the final agent (`final_agent.py`). The stage records the same names, measured on
+    # its own output, in its manifest's info["agent"].
+    agent_probe: AgentProbeFn | None = None
     description: str = ""
 
 

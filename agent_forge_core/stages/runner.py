@@ -48,7 +48,8 @@ def run_stage(spec: StageSpec, planned: PlannedStage, ctx: StageContext) -> Stag
                 before = ctx.store.manifest(built.parent).metrics
                 advice = spec.gate_advice(section, built.info) if spec.gate_advice else None
                 try:
-                    gates = enforce_gates(spec.name, key, before, metrics, section.gates, advice)
+                    gates = enforce_gates(spec.name, key, before, metrics, section.gates, advice,
+                                          ctx.settings.eval.noise_aware_gates)
                 except GateFailed:
                     shutil.rmtree(built.folder, ignore_errors=True)
                     raise
