@@ -53,7 +53,7 @@ def test_profile_below_yaml(tmp_path, monkeypatch):
     s = load_settings(cfg)
     assert s.profile == "full" and s.cognate.steps == 7 and s.eval.n_examples == 200
     s = load_settings(cfg, profile="quick")  # the --profile flag beats the file, and the field agrees
-    assert s.profile == "quick" and s.eval.n_examples == 32 and s.cognate.steps == 7
+    assert s.profile == "quick" and s.eval.n_examples == 24 and s.cognate.steps == 7
     monkeypatch.setenv("AF_PROFILE", "full")
     assert load_settings(profile="quick").profile == "quick" and load_settings().profile == "full"
 
