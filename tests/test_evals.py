@@ -195,6 +195,24 @@ def test_standard_error_is_agresti_coull_and_noise_decides_significance():
     assert r[0].significant is True and "beyond the noise" in r[0].describe()
 
 
+def test_noise_aware_gates_fail_only_a_shortfall_beyond_the_noise():
+    # the first real chain's baking gate: recall 0.844 -> 0.688 on 32 examples, limit 0.1 (short by 0.056)
+    before = {"recall": 27 / 32, "recall_se": standard_error(27, 32), "perplexity": 10.0}
+    after = {"recall": 22 / 32, "recall_se": standard_error(22, 32), "perplexity": 12.5}
+    gates = {"recall": 0.1, "perplexity": 0.2}
+    strict = {r.metric: r for r in check_gates(before, after, gates)}
+    aware = {r.metric: r for r in check_gates(before, after, gates, noise_aware=True)}
+    assert not strict["recall"].passed and aware["recall"].passed
+    assert aware["recall"].shortfall == pytest.approx(27 / 32 - 0.1 - 22 / 32) < aware["recall"].noise
+    assert "short by 0.05625 (within the noise" in aware["recall"].describe() and "passes" in aware["recall"].describe()
+    assert not aware["perplexity"].passed  # perplexities have no standard error: the point estimates decide
+    far = {"recall": 5 / 32, "recall_se": standard_error(5, 32)}
+    (r,) = check_gates(before, far, {"recall": 0.1}, noise_aware=True)
+    assert not r.passed and r.shortfall > r.noise  # a drop far past the limit still fails
+    with pytest.raises(GateFailed, match="short by"):
+        enforce_gates("baking", "baking-x", before, far, {"recall": 0.1}, noise_aware=True)
+
+
 def test_gates_relative_for_perplexity_absolute_for_accuracy():
     before = {"perplexity": 10.0, "recall": 0.5}
     ok = check_gates(before, {"perplexity": 11.9, "recall": 0.41}, {"perplexity": 0.2, "recall": 0.1})
