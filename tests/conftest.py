@@ -24,6 +24,7 @@ torch.set_num_threads(1)
 # Small budgets so the whole suite stays in minutes on 2 cores.
 TINY_OVERRIDES = [
     "eval.n_examples=8", "eval.ppl_tokens=512", "eval.ppl_window=64", "eval.max_new_tokens=12", "eval.batch_size=8",
+    "cognate.focuses=[reasoning,memory,language]",  # quick trains two; the tests were written for three
     "cognate.steps=4", "cognate.batch_size=4", "cognate.max_len=128", "cognate.warmup=1", "cognate.lora.r=4",
     # on by default (the whole chain); each has its own tests, and tests/test_chain.py runs them all together
     "evomerge.enabled=false", "quietstar.enabled=false", "loop.enabled=false", "baking.enabled=false",

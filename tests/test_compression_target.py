@@ -11,6 +11,7 @@ import yaml
 
 from agent_forge_core.compression.plan import Option, select_auto
 from agent_forge_core.compression.settings import CompressionSettings
+from agent_forge_core.config import load_settings
 from agent_forge_core.compression.target_search import Probe, smallest_passing
 from agent_forge_core.context import make_context
 from agent_forge_core.errors import GateFailed
@@ -60,9 +61,10 @@ def test_default_gates_cover_task_accuracies_and_nlls():
     gates = CompressionSettings().gates
     for t in TASK_NAMES:
         assert gates[t] == 0.05 and f"{t}_nll" in gates
-    assert CompressionSettings().target_bpw == "auto"
+    assert CompressionSettings().target_bpw == 6.0  # quick: a fixed target (each search probe is a validation run)
+    assert load_settings(profile="full").compression.target_bpw == "auto"
     with pytest.raises(ValueError, match="gates is empty"):
-        CompressionSettings(gates={})
+        CompressionSettings(gates={}, target_bpw="auto")
 
 
 CANDIDATES = "compression.auto_candidates=" + yaml.safe_dump(
@@ -121,7 +123,7 @@ def test_an_accuracy_gate_fails_a_plan_that_breaks_a_task_and_writes_nothing(tin
 
 def test_target_bpw_auto_publishes_the_smallest_plan_that_passes_on_validation(tiny_settings, own_task):
     ctx, base = _run(tiny_settings, *own_task, "compression.gates={recall: 0.25, perplexity: 0.5}",
-                     "compression.search_tolerance=0.01", "compression.search_probes=12")
+                     "compression.target_bpw=auto", "compression.search_tolerance=0.01", "compression.search_probes=12")
     r = run_stage_on("compression", [base], ctx)
     (key,) = r.outputs
     info = r.info[key]

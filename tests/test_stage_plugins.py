@@ -216,6 +216,7 @@ def test_a_stage_registered_from_a_test_runs_in_the_flow(tiny_settings, tmp_path
     overrides = [f"model.source={tiny_settings().model.source}", f"store.url={tmp_path}/store",
                  f"work_dir={tmp_path}/work", "eval.n_examples=4", "eval.ppl_tokens=256", "eval.ppl_window=64",
                  "eval.max_new_tokens=8", "cognate.enabled=false", "evomerge.enabled=false",
+                 *(f"{n}.enabled=false" for n in ("quietstar", "loop", "baking", "experts", "compression")),
                  "rescale.enabled=true", "rescale.runtime.slots=2", "rescale.gates={}"]
     with registered(rescale_spec(), after="compression"):
         s = load_settings(overrides=overrides)
