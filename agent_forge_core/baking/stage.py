@@ -47,6 +47,11 @@ VERSION = 6  # 6: the runtime and prompts are sidecars (carried by later stages)
 HISTORY_FILE = "baking_history.json"
 
 
+def scratch_agent(scratch, settings) -> AgentSettings:
+    """Agent settings whose memory lives in `scratch` (probes never touch the user's memory); the run's index."""
+    return AgentSettings(memory=str(scratch / "memory.sqlite"), index_dir=settings.agent.index_dir)
+
+
 def load_input(folder, cfg: BakingSettings, device: str):
     """(model, tokenizer, student kind, BitNet storage layout (`save_bitnet`'s arguments) or None)."""
     if not bitnet_format.detect(folder):
@@ -93,8 +98,7 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
     src = ctx.store.get(parent)
     model, tok, kind, fmt = load_input(src, cfg, str(ctx.device))
     scratch = ctx.work_dir / f"baking-{uuid.uuid4().hex[:8]}"
-    agent = AgentSettings(memory=str(scratch / "memory.sqlite"), index_dir=ctx.settings.agent.index_dir)
-    runtime = Runtime.open(None, model, tok, agent, spec=RuntimeSpec(tools=list(BUILTIN)))
+    runtime = Runtime.open(None, model, tok, scratch_agent(scratch, ctx.settings), spec=RuntimeSpec(tools=list(BUILTIN)))
     shots = ctx.settings.eval.shots
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     steps = len(cfg.order) * (2 + cfg.persona.pursuit_rounds) + 1
@@ -190,8 +194,8 @@ def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
     """The bakes measured on a later checkpoint (the final agent): its own runtime (the baked tools, a fresh memory
     session), no prompt, the probes of the stage's `baked` condition with the run's baking settings."""
     cfg = settings.baking
-    agent = AgentSettings(memory=str(scratch / "memory.sqlite"), index_dir=settings.agent.index_dir)
-    runtime = Runtime.open(folder, model, tok, agent, session=f"agent-probe-{uuid.uuid4().hex[:8]}")
+    runtime = Runtime.open(folder, model, tok, scratch_agent(scratch, settings),
+                           session=f"agent-probe-{uuid.uuid4().hex[:8]}")
     return baked_capabilities({b: measure(b, model, tok, runtime, "", cfg, settings.eval.shots) for b in cfg.order})
 
 

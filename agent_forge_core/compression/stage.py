@@ -39,7 +39,8 @@ def _judge(src: Path, cfg: CompressionSettings, ctx: StageContext, key: str) -> 
         model, tok, dtypes = loaded["model"], loaded["tok"], loaded["dtypes"]
         model.load_state_dict({k: v.to(dtypes.get(k, v.dtype)) for k, v in state.items()}, strict=False)
         after = evaluate_built(model, tok, src, ctx, key, split="validation", verify_experts=False)
-        failed = [g.describe() for g in check_gates(loaded["before"], after, cfg.gates, ctx.settings.eval.noise_aware_gates) if not g.passed]
+        gates = check_gates(loaded["before"], after, cfg.gates, ctx.settings.eval.noise_aware_gates)
+        failed = [g.describe() for g in gates if not g.passed]
         return Probe(0.0, not failed, after, failed)
 
     return judge

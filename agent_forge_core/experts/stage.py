@@ -199,8 +199,7 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     t1 = time.time()
     names = [d.name for d in domains]
     train_q = {d.name: d.queries("train", cfg.dispatch_train, ev.shots, cfg.seed) for d in domains}
-    test_q = {d.name: d.queries("test", cfg.dispatch_examples, ev.shots, cfg.seed) for d in domains}
-    others = other_texts(cfg.dispatch_examples, seed=cfg.seed)
+    test_q, others = dispatch_test_queries(names, cfg, ev)
     ctx.progress(0.8, "experts: dispatchers")
     dispatcher: dict = {"mode": cfg.dispatch, "domains": names, "accuracy": {}}
     if "linear" in (cfg.dispatch, *cfg.dispatch_compare):
@@ -263,6 +262,12 @@ def build(inputs: list[str], cfg: ExpertsSettings, ctx: StageContext, keys: dict
     yield Built(variant="", folder=folder, parent=parent, info=info, model=model, tokenizer=tok)
 
 
+def dispatch_test_queries(domains: list[str], cfg: ExpertsSettings, ev) -> tuple[dict[str, list[str]], list[str]]:
+    """What dispatch accuracy is measured on: test queries per domain, and text of no domain."""
+    queries = {d: get_domain(d, ev.data).queries("test", cfg.dispatch_examples, ev.shots, cfg.seed) for d in domains}
+    return queries, other_texts(cfg.dispatch_examples, seed=cfg.seed)
+
+
 def dispatch_capabilities(mode: str, accuracy: dict[str, float]) -> dict[str, float]:
     return {f"dispatch ({mode}) {k}": v for k, v in accuracy.items() if k in ("all", OTHER_LABEL)}
 
@@ -273,10 +278,7 @@ def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
     two_pass = TwoPass(model, tok, folder)
     if two_pass.mode not in ("linear", "prompt", "cls_expert"):  # cem and static pick no expert per prompt
         return {}
-    ev = settings.eval
-    test_q = {d: get_domain(d, ev.data).queries("test", cfg.dispatch_examples, ev.shots, cfg.seed)
-              for d in two_pass.domains}
-    acc = dispatch_accuracy(two_pass.route, test_q, other_texts(cfg.dispatch_examples, seed=cfg.seed))
+    acc = dispatch_accuracy(two_pass.route, *dispatch_test_queries(two_pass.domains, cfg, settings.eval))
     return dispatch_capabilities(two_pass.mode, acc)
 
 
