@@ -221,6 +221,28 @@ def test_replaying_an_earlier_bake_keeps_it_through_a_later_one(tiny_model_dir, 
     assert kl_a[16] < 0.5 * kl_a[0], (hist_a["heldout"], kl_a)
 
 
+def test_the_anchor_keeps_the_input_s_answers_on_the_tasks_no_bake_teaches(tiny_model_dir, tmp_path):
+    from agent_forge_core.baking.queries import ANCHOR_TASKS, suite_queries
+    from agent_forge_core.baking.stage import anchor_set
+
+    model, tok = load_model(str(tiny_model_dir))
+    rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=[]))
+    cfg = BakingSettings(steps=60, batch_size=8, lr=3e-2, curve_every=60, trajectories=32, anchor=1.0, max_new_tokens=8)
+    anchor = anchor_set(model, tok, rt, cfg, 1, tok.pad_token_id)
+    assert len(anchor) == 32 and {t.query.kind for t, _ in anchor} == set(ANCHOR_TASKS)
+    assert all(not t.prompt_ids for t, _ in anchor)  # the input unprompted: its own answers and distributions
+    held = sample(model, tok, rt, "", suite_queries(list(ANCHOR_TASKS), "test", 8, 1, 5), 1.0, 8, 5)
+    held_target = teacher_logprobs(model, held, tok.pad_token_id)
+    seven = "Always answer 7.\n\nQ: How many days are in a week?\nA: 7\n\nQ: What is the capital of France?\nA: 7"
+    train = sample(model, tok, rt, seven, [Query(f"Q: {q}\nA:") for q in identity_questions("train", 32, 1)], 1.0, 8, 0)
+    kl = {}
+    for anchored in (False, True):
+        baked, _, _ = bake(load_model(str(tiny_model_dir))[0], train, [], cfg, tok.pad_token_id,
+                           replay=anchor if anchored else [])
+        kl[anchored] = kl_of(baked, held, held_target, tok.pad_token_id)
+    assert kl[True] < 0.5 * kl[False], kl
+
+
 def test_on_ternary_weights_lora_rounds_away_and_ste_keeps_the_bake(tiny_model_dir, tmp_path):
     """Why `ternary_input=ste` is the default: LoRA merged into latents that sit at their codes' centres is
     rounded away when re-ternarised; training the latents under STE keeps what it learned."""
@@ -292,7 +314,7 @@ def test_memory_queries_never_use_the_demonstrations_keys():
 
 def test_step_factors_scale_each_bake_and_one_override_keeps_the_others():
     cfg = BakingSettings(steps=10, step_factor={"memory": 3})
-    assert [bake_steps(b, cfg) for b in ("tool", "memory", "retrieval", "persona")] == [10, 30, 10, 20]
+    assert [bake_steps(b, cfg) for b in ("tool", "memory", "retrieval", "persona")] == [20, 30, 10, 20]
     with pytest.raises(ValueError, match="persona"):
         BakingSettings(step_factor={"persona": 0})
 
@@ -376,7 +398,7 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     assert "## baking: probes" in report and "| bake | metric | base | prompted | baked | recovery |" in report
     assert "| tool | call_rate |" in report
     hist = json.loads((folder / "baking_history.json").read_text())["history"]
-    assert len(hist["tool"]["steps"]) == 3 and hist["tool"]["heldout"][0]["step"] == 0
+    assert len(hist["tool"]["steps"]) == 6 and hist["tool"]["heldout"][0]["step"] == 0  # step_factor: tool 2
     assert len(hist["persona"]["steps"]) == 6  # step_factor: persona 2
     assert info["departures"]["lora_r"] == {"ours": 8, "reference": 32}
     assert "arithmetic" in res.metrics[key]  # the suite, run with the baked runtime

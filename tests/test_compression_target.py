@@ -61,7 +61,7 @@ def test_default_gates_cover_task_accuracies_and_nlls():
     gates = CompressionSettings().gates
     for t in TASK_NAMES:
         assert gates[t] == 0.05 and f"{t}_nll" in gates
-    assert CompressionSettings().target_bpw == 6.0  # quick: a fixed target (each search probe is a validation run)
+    assert CompressionSettings().target_bpw == 8.0  # quick: a fixed target (each search probe is a validation run)
     assert load_settings(profile="full").compression.target_bpw == "auto"
     with pytest.raises(ValueError, match="gates is empty"):
         CompressionSettings(gates={}, target_bpw="auto")

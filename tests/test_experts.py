@@ -338,6 +338,33 @@ def test_two_pass_with_identity_experts_scores_as_the_suite(tiny_settings, tmp_p
         assert abs(two[k] - v) <= 1e-4 * max(1.0, abs(v)), k
 
 
+def test_the_runner_measures_answers_nlls_and_perplexity_with_the_routed_expert(tiny_settings, tmp_path):
+    """Every measurement of a checkpoint with experts is made with the expert its dispatcher picks, the target NLLs
+    too (the experts stage measured NLLs routed and compression after it plain: a gate failure of the evaluation's)."""
+    from agent_forge_core.evals.suite import evaluate
+    from agent_forge_core.model_io import save_model
+    from agent_forge_core.stages.evaluation import evaluate_built
+
+    s = tiny_settings(*EXPERTS)
+    model, tok = load_model(str(s.model.source))
+    svf = SVF(model, "mlp")
+    folder = save_model(model, tok, tmp_path / "m")
+    z = {n: torch.linspace(1.0, 0.1, len(v)) for n, v in svf.uniform().items()}  # a uniform z gives W back
+    files = {d: Expert(d, z).save(folder, svf) for d in ("arithmetic", "recall", "instruction")}
+    (folder / "experts.json").write_text(json.dumps({"target": "mlp", "files": files}))
+    probe = LinearProbe(torch.zeros(64), torch.ones(64), torch.zeros(3, 64), torch.tensor([0.0, 1.0, 0.0]))
+    (folder / "dispatcher.json").write_text(json.dumps({"mode": "linear", "linear": probe.as_dict()}))
+    two = TwoPass(model, tok, folder)
+    assert set(two.choose(["any query"] * 3)) == {"recall"} and two.choose_text("any text") == "recall"
+    with two.applied("recall"):
+        want = evaluate(model, tok, s.eval)
+    plain = evaluate(model, tok, s.eval)
+    built, direct = evaluate_built(model, tok, folder, make_context(s), "k"), two.evaluate(s.eval)[0]
+    for k, v in want.items():
+        assert built[k] == pytest.approx(v, rel=1e-5) and direct[k] == pytest.approx(v, rel=1e-5), k
+    assert abs(built["recall_nll"] - plain["recall_nll"]) > 1e-3 and abs(built["perplexity"] - plain["perplexity"]) > 1e-3
+
+
 def test_a_bitnet_input_is_composed_on_its_dequantized_weights_or_refused(tiny_settings):
     bitnet = ["bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1", "bitnet.batch_size=2", "bitnet.max_len=64",
               "bitnet.gates={}", "experts.gates={}"]

@@ -122,14 +122,15 @@ class Runtime:
             return generate(model, tokenizer, self.prompt(question, turns), self.tools, max_calls=self.spec.max_calls, **kw)
 
     def completer(self, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
-                  task: str = ""):
+                  task: str = "", route: bool = True):
         """The eval suite's hook: each prompt answered with the tools in the loop (and its dispatched expert; a
-        CEM mix needs the `task`), markup stripped."""
+        CEM mix needs the `task`), markup stripped. `route=False`: the caller applies the experts (the suite's
+        `router`, which also routes the target NLLs)."""
 
         def complete(model, tokenizer, prompts: list[str]) -> list[str]:
             head = self.preface()
             full = [f"{head}\n\n{p}" if head else p for p in prompts]
-            tp = self.two_pass
+            tp = self.two_pass if route else None
             groups = tp.groups(tp.choose(prompts, task)) if tp else {"base": list(range(len(prompts)))}
             out: list[str] = [""] * len(prompts)
             for choice, ix in groups.items():

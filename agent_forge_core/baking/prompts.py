@@ -49,8 +49,15 @@ def as_tool_demo(text: str) -> str:
     return STEP.sub(lambda m: f"{m[1]} {m[2]} {m[3]} = <calc>{m[1]}{m[2]}{m[3]}</calc><result>{m[4]}</result>", text)
 
 
+# Worked demonstrations in the tool prompt. Measured on the quick chain's loop output (prompted call rate, 16 test
+# probes): 2 demonstrations (279 prompt tokens) 0.00, 4 (495 tokens) 0.50; the teacher that calls is what the bake
+# can bake (with 2 its calls were 0.00 and so was the baked model's).
+TOOL_DEMOS = 4
+
+
 def tool_prompt(runtime) -> str:
-    demos = [f"{qa(ex.prompt)}{as_tool_demo(ex.target)}" for ex in get_task("arithmetic").examples("train", 2, 97)]
+    demos = [f"{qa(ex.prompt)}{as_tool_demo(ex.target)}"
+             for ex in get_task("arithmetic").examples("train", TOOL_DEMOS, 97)]
     return instructions([runtime.tools["calc"]]) + "\n\n" + "\n\n".join(demos)
 
 

@@ -111,6 +111,7 @@ def own_queries(bake: str, split: str, n: int, seed: int, turns: tuple[int, ...]
 
 
 CHAT = "chat"  # identity questions asked plainly: a conversation where no tool belongs
+ANCHOR_TASKS = ("recall", "instruction")  # the eval suite's tasks no bake teaches (arithmetic is the tool bake's)
 OTHER_TASKS = {"tool": ["recall", "instruction"], "memory": ["arithmetic", "recall"],
                "retrieval": ["arithmetic", "recall"], "persona": ["arithmetic", "recall", "instruction"]}
 

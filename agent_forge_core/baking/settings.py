@@ -43,8 +43,9 @@ class StepFactors(Section):
     in `prompts.py`) left the model calling memory on every identity question and the persona unbaked (identity
     0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json). Since trajectories keep the generator's ids and
     memory is baked last (`BakingSettings.order`): memory at 2x, recall 0.31-0.38 at the end of the chain vs 0.00 at
-    1x (bench/results/baking_quick_memory_last*.json)."""
-    tool: float = Field(1.0, gt=0, le=8)
+    1x (bench/results/baking_quick_memory_last*.json). Tool at 1x on the quick chain's loop output (four
+    demonstrations): call rate prompted 0.62, baked 0.00 (16 probes); at 2x 0.75 (`anchor` 0.5) and 0.25 (`anchor` 1.0)."""
+    tool: float = Field(2.0, gt=0, le=8)
     memory: float = Field(2.0, gt=0, le=8)
     retrieval: float = Field(1.0, gt=0, le=8)
     persona: float = Field(2.0, gt=0, le=8)
@@ -120,6 +121,14 @@ class BakingSettings(StageSection):
                           "later bake (with the targets of the teacher that made them), as a share of the bake's "
                           "own count, split evenly among the earlier bakes; 0: none (measured then: the tool call "
                           "rate fell from 0.77 to 0.00 by the end of the four bakes).")
+    anchor: float = Field(1.0, ge=0, le=4, description="The input model's own answers (unprompted, with its own "
+                          "targets) to train prompts of the tasks no bake teaches (recall, instruction), replayed in "
+                          "every bake, as a share of a bake's trajectory count; 0: none. Measured on the quick chain's "
+                          "loop output (the suite's 24 test recall prompts; 0.71 before baking): without it and with two "
+                          "tool demonstrations at 1x, recall after the four bakes 0.21 (held-out phrasings answered with "
+                          "arithmetic steps, '48 * 48 = 2160'); four demonstrations, tool at 2x: 0.42 at 0.5 (tool calls "
+                          "0.75), 0.67 at 1.0 (tool calls 0.25, memory recall 0.75, persona 1.00; after each bake 0.67, "
+                          "0.54, 0.62, 0.67).")
     heldout: int = Field(4, ge=0, description="Extra trajectories kept out of training: the KL on them is the "
                          "half-baking curve's held-out line.")
     curve_every: int = Field(8, gt=0, description="Steps between held-out KL measurements (each a float32 forward "

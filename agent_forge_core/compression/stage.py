@@ -74,7 +74,7 @@ def gate_advice(cfg: CompressionSettings, info: dict) -> str:
 
 SPEC = StageSpec(
     name="compression",
-    version=3,
+    version=4,  # 4: experts carried are measured routed (NLLs too) by `evaluate_built`
     takes="one",
     build=build,
     settings=CompressionSettings,

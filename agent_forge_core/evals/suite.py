@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
@@ -148,6 +149,13 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
 @torch.no_grad()
 def target_nll(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> float:
     """Mean per-token NLL of each target given its prompt."""
+    total, count = target_nll_sum(model, tokenizer, pairs, batch_size)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def target_nll_sum(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> tuple[float, int]:
+    """(summed NLL of the targets' tokens given their prompts, their token count)."""
     total, count = 0.0, 0
     for i in range(0, len(pairs), batch_size):
         seqs, labels, starts = [], [], []
@@ -174,7 +182,29 @@ def target_nll(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) 
         )
         total += nll.item()
         count += int((lab[:, 1:] != -100).sum())
-    return total / max(count, 1)
+    return total, count
+
+
+class Router(Protocol):
+    """Which weights answer each prompt (a checkpoint with experts: `experts.two_pass.TwoPass`)."""
+
+    def choose(self, queries: list[str], task: str = "") -> list[str]: ...
+
+    def choose_text(self, text: str) -> str: ...
+
+    def groups(self, choices: list[str]) -> dict[str, list[int]]: ...
+
+    def applied(self, choice: str) -> ContextManager: ...
+
+
+def _routed(router: Router | None, prompts: list[str], task: str, routed: dict | None):
+    """[(the block the prompts at `indices` are answered in, indices)]."""
+    if router is None:
+        return [(nullcontext(), list(range(len(prompts))))]
+    groups = router.groups(router.choose(prompts, task))
+    if routed is not None:
+        routed[task] = {c: len(ix) for c, ix in groups.items()}
+    return [(router.applied(c), ix) for c, ix in groups.items()]
 
 
 def evaluate(
@@ -184,10 +214,14 @@ def evaluate(
     split: str = "test",
     progress: Callable[[float, str], None] | None = None,
     complete: Callable | None = None,
+    router: Router | None = None,
+    routed: dict | None = None,
 ) -> dict[str, float]:
     """The metrics of the module docstring. `complete(model, tokenizer, prompts) -> completions` replaces
     plain greedy decoding for the accuracies: an agent's runtime answers with its tools in the loop
-    (`agent.runtime.Runtime.completer`), markup stripped before the checker."""
+    (`agent.runtime.Runtime.completer`), markup stripped before the checker. `router`: every measurement of a
+    prompt (its answer and its target's NLL) and of a perplexity text is made with the weights the router picks
+    for it, so a checkpoint with experts is measured as it answers; `routed` receives where each went."""
     model.eval()
     metrics: dict[str, float] = {}
     steps = len(PERPLEXITY_TEXTS) + len(cfg.tasks)
@@ -196,19 +230,31 @@ def evaluate(
             continue
         if progress:
             progress(k / steps, f"eval: {name}")
-        metrics[name] = perplexity(model, tokenizer, text(split), cfg.ppl_tokens, cfg.ppl_window)
+        body = text(split)
+        choice = router.choose_text(body) if router else None
+        if routed is not None and router:
+            routed[name] = {choice: 1}
+        with router.applied(choice) if router else nullcontext():
+            metrics[name] = perplexity(model, tokenizer, body, cfg.ppl_tokens, cfg.ppl_window)
     for k, name in enumerate(cfg.tasks, len(PERPLEXITY_TEXTS)):
         if progress:
             progress(k / steps, f"eval: {name}")
         task = get_task(name, cfg.data)
         items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
         prompts = [p for p, _ in items]
-        completions = complete(model, tokenizer, prompts) if complete else \
-            greedy_complete(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
-        correct = sum(task.check(c, ex) for c, (_, ex) in zip(completions, items))
+        correct, nll, tokens = 0, 0.0, 0
+        for block, ix in _routed(router, prompts, name, routed):
+            with block:
+                part = [prompts[i] for i in ix]
+                completions = complete(model, tokenizer, part) if complete else \
+                    greedy_complete(model, tokenizer, part, cfg.max_new_tokens, cfg.batch_size)
+                total, count = target_nll_sum(model, tokenizer, [(prompts[i], items[i][1].target) for i in ix],
+                                              cfg.batch_size)
+            correct += sum(task.check(c, items[i][1]) for c, i in zip(completions, ix))
+            nll, tokens = nll + total, tokens + count
         metrics[name] = correct / len(items)
         metrics[f"{name}_se"] = standard_error(correct, len(items))
-        metrics[f"{name}_nll"] = target_nll(model, tokenizer, [(p, ex.target) for p, ex in items], cfg.batch_size)
+        metrics[f"{name}_nll"] = nll / max(tokens, 1)
     if progress:
         progress(1.0, "eval: done")
     return metrics

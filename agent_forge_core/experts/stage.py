@@ -43,9 +43,9 @@ from .settings import CEM_REFERENCE, REFERENCE, ExpertsSettings
 from .search import run_search
 from .svf import SVF
 from .train import train_expert
-from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, TwoPass, evaluate_two_pass
+from .two_pass import ARCHIVE_FILE, DESIGN_FILE, DISPATCHER_FILE, EXPERTS_FILE, TwoPass
 
-VERSION = 2  # 2: the `other` class, the stop-token fix in REINFORCE
+VERSION = 3  # 2: the `other` class, the stop-token fix in REINFORCE; 3: evaluated by the runner (routed NLLs and tools)
 CLS_FILE = "experts/_dispatch.safetensors"
 SEARCH_PLOT = "adas_search.png"
 
@@ -288,7 +288,6 @@ SPEC = StageSpec(
     takes="one",
     build=build,
     settings=ExpertsSettings,
-    evaluate=evaluate_two_pass,
     agent_probe=agent_probe,
     jobs=(DESIGN_JOB,),
     description="Transformer² SVF experts per domain, dispatched per prompt (two-pass inference).",

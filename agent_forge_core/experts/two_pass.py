@@ -1,5 +1,6 @@
 """Two-pass inference over a checkpoint with experts (Transformer² §3.2): the dispatcher picks z' for each
-prompt, the model answers with W'(z'). The stage's evaluation hook and the benchmark use it.
+prompt, the model answers with W'(z'). The runtime (chat, serve, and the runner's evaluation, where it is the router
+of `evals.suite.evaluate`) and the benchmark use it.
 
 Files beside the (unchanged) base weights: `experts/<domain>.safetensors`, `experts.json` (domains, target),
 `dispatcher.json` (mode and what it learned: the linear probe, the classification expert's file, the CEM mixes).
@@ -12,10 +13,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from ..evals.suite import PERPLEXITY_TEXTS, greedy_complete, perplexity, standard_error, target_nll
-from ..evals.tasks import get_task, with_shots
+from ..evals.suite import evaluate
 from .dispatch import OTHER, LinearProbe, linear_router, prompt_router
 from .expert import Expert, mix
 from .svf import SVF
@@ -120,48 +118,12 @@ class TwoPass:
             out.setdefault(c, []).append(i)
         return out
 
+    def choose_text(self, text: str) -> str:
+        """The expert for a perplexity text: the dispatcher reads its start as a language-domain query."""
+        return self.choose([text[:TEXT_QUERY_CHARS]], "language")[0]
+
     def evaluate(self, cfg, split: str = "test") -> tuple[dict[str, float], dict[str, dict[str, int]]]:
-        """The eval suite's metrics with each prompt (each perplexity text) answered by its routed expert, and
-        where each task's prompts were routed."""
-        metrics: dict[str, float] = {}
+        """The eval suite's metrics with each prompt (each perplexity text) answered by its routed expert (plain
+        greedy decoding, no tools), and where each task's prompts were routed."""
         routed: dict[str, dict[str, int]] = {}
-        try:
-            for name, (text, splits) in PERPLEXITY_TEXTS.items():
-                if split not in splits:
-                    continue
-                body = text(split)
-                (choice,) = self.choose([body[:TEXT_QUERY_CHARS]], "language")
-                routed[name] = {choice: 1}
-                self.svf.apply(self.z_of(choice))
-                metrics[name] = perplexity(self.model, self.tok, body, cfg.ppl_tokens, cfg.ppl_window)
-            for name in cfg.tasks:
-                task = get_task(name, cfg.data)
-                items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
-                prompts = [p for p, _ in items]
-                choices = self.choose(prompts, name)
-                routed[name] = {c: len(ix) for c, ix in self.groups(choices).items()}
-                correct, nll_sum, tokens = 0, 0.0, 0
-                for choice, ix in self.groups(choices).items():
-                    self.svf.apply(self.z_of(choice))
-                    outs = greedy_complete(self.model, self.tok, [prompts[i] for i in ix], cfg.max_new_tokens,
-                                           cfg.batch_size)
-                    correct += sum(task.check(c, items[i][1]) for c, i in zip(outs, ix))
-                    pairs = [(prompts[i], items[i][1].target) for i in ix]
-                    n_tok = sum(len(self.tok(p + t, add_special_tokens=False).input_ids)
-                                - len(self.tok(p, add_special_tokens=False).input_ids) for p, t in pairs)
-                    nll_sum += target_nll(self.model, self.tok, pairs, cfg.batch_size) * n_tok
-                    tokens += n_tok
-                metrics[name] = correct / len(items)
-                metrics[f"{name}_se"] = standard_error(correct, len(items))
-                metrics[f"{name}_nll"] = nll_sum / max(tokens, 1)
-        finally:
-            self.svf.apply(None)
-        return metrics, routed
-
-
-@torch.no_grad()
-def evaluate_two_pass(model, tok, eval_cfg, folder: Path) -> dict[str, float]:
-    """The stage's evaluation hook: the checkpoint as its two-pass runtime answers (with the searched design's
-    dispatch, where there is one)."""
-    design = read_design(folder)
-    return TwoPass(model, tok, folder, design and design["dispatch"], design and design.get("mix")).evaluate(eval_cfg)[0]
+        return evaluate(self.model, self.tok, cfg, split, router=self, routed=routed), routed
