@@ -110,11 +110,14 @@ def test_a_token_written_across_a_call_and_its_result_stays_the_models_token(tin
     tok.add_tokens(["><"])  # as SmolLM2's vocabulary has it (the tiny one does not; no model runs here)
     merged = tok("><", add_special_tokens=False).input_ids
     assert len(merged) == 1
-    a = _Answer(tok, "Q: 17*3?\nA:", "", {"calc": calculator_tool()}, frozenset(), 32, 4, True, lambda e: None)
+    events = []
+    a = _Answer(tok, "Q: 17*3?\nA:", "", {"calc": calculator_tool()}, frozenset(), 32, 4, True, events.append)
     for t in tok(" <calc>17*3</calc", add_special_tokens=False).input_ids + merged:
         assert a.add(t, tok.eos_token_id)
     take_back, new = a.run_call(a.pending_call())
     assert take_back and a.out.text.endswith("</calc><result>51</result>")
+    # what chat and the stream show is the answer's text: the `<` taken back was never shown
+    assert "".join(e.text for e in events if e.kind in ("text", "result")) == a.out.text
     fed = tok("><result>51</result>", add_special_tokens=False).input_ids
     assert new == fed and a.out.ids[-len(fed):] == fed
     assert a.out.written[-len(fed):] == [1] + [0] * (len(fed) - 1)  # `><` is the model's, the rest the executor's

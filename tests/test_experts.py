@@ -365,6 +365,54 @@ def test_the_runner_measures_answers_nlls_and_perplexity_with_the_routed_expert(
     assert abs(built["recall_nll"] - plain["recall_nll"]) > 1e-3 and abs(built["perplexity"] - plain["perplexity"]) > 1e-3
 
 
+def test_the_final_agent_s_probes_answer_with_the_dispatched_expert(tiny_settings, tmp_path):
+    """Baking's probes on a checkpoint with experts (the final agent) answer as chat and serve do: each text with
+    the expert its dispatcher picks."""
+    from agent_forge_core.agent.generate import generate_batch
+    from agent_forge_core.agent.runtime import Runtime
+    from agent_forge_core.agent.settings import RuntimeSpec
+    from agent_forge_core.baking.probes import answer_all
+    from agent_forge_core.model_io import save_model
+
+    s = tiny_settings(*EXPERTS)
+    model, tok = load_model(str(s.model.source))
+    svf = SVF(model, "mlp")
+    folder = save_model(model, tok, tmp_path / "m")
+    z = {n: torch.linspace(1.0, 0.1, len(v)) for n, v in svf.uniform().items()}
+    files = {d: Expert(d, z).save(folder, svf) for d in ("arithmetic", "recall", "instruction")}
+    (folder / "experts.json").write_text(json.dumps({"target": "mlp", "files": files}))
+    probe = LinearProbe(torch.zeros(64), torch.ones(64), torch.zeros(3, 64), torch.tensor([0.0, 1.0, 0.0]))
+    (folder / "dispatcher.json").write_text(json.dumps({"mode": "linear", "linear": probe.as_dict()}))
+    rt = Runtime.open(folder, model, tok, s.agent, session="t", spec=RuntimeSpec(tools=[], instructions=False))
+    texts = ["Q: Who are you?\nA:", "Q: What is 3 + 4?\nA:"]
+    applied, weights = [], []  # the tiny model writes the same text either way: watch the weights it answers with
+    real = rt.two_pass.applied
+    probe_w = next(p for n, p in model.named_parameters() if n.endswith("mlp.down_proj.weight"))
+
+    def spy(choice):
+        applied.append(choice)
+        return real(choice)
+
+    rt.two_pass.applied = spy
+    orig = model.forward
+
+    def watched(*a, **k):
+        weights.append(probe_w.detach().clone())
+        return orig(*a, **k)
+
+    model.forward = watched
+    got = [g.text for g in answer_all(model, tok, rt, texts, 4)]
+    model.forward = orig
+    with real("recall"):  # where this probe sends every text
+        want_w = probe_w.detach().clone()
+        want = [g.text for g in generate_batch(model, tok, texts, {}, max_new_tokens=4)]
+    assert applied == ["recall"] and got == want
+    # the dispatcher reads the texts with the base weights, then every decoding step runs on the expert's
+    base = probe_w.detach().clone()
+    first = next(i for i, w in enumerate(weights) if not torch.equal(w, base))
+    assert first > 0 and all(torch.equal(w, want_w) for w in weights[first:]) and not torch.equal(want_w, base)
+
+
 def test_a_bitnet_input_is_composed_on_its_dequantized_weights_or_refused(tiny_settings):
     bitnet = ["bitnet.enabled=true", "bitnet.steps=2", "bitnet.warmup=1", "bitnet.batch_size=2", "bitnet.max_len=64",
               "bitnet.gates={}", "experts.gates={}"]

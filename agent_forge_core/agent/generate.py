@@ -133,7 +133,13 @@ class _Answer:
         self.ids.append(tok)
         self.out.ids.append(tok)
         self.out.written.append(1)
-        self.emit(Event("text", piece))
+        call = self.pending_call()
+        # text this token wrote past a call's closing tag is taken back when the call runs (`run_call`): it is not
+        # shown, or chat and the stream would show `</calc><<result>`
+        overrun = len(self.out.text) - (self.scanned + call.end) if call is not None else 0
+        shown = piece[:len(piece) - overrun] if overrun > 0 else piece
+        if shown:
+            self.emit(Event("text", shown))
         return True
 
 

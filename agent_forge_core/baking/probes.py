@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
+from contextlib import nullcontext
 
 from ..agent.generate import Generation, generate_batch
 from ..agent.markup import strip_markup
@@ -37,11 +38,22 @@ def _with(prompt: str, text: str) -> str:
     return f"{prompt}\n\n{text}" if prompt else text
 
 
-def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessions: list[str] | None = None):
-    """Greedy answers with the tools in the loop; each in its own memory session when `sessions` are given."""
-    hook = in_session(runtime, sessions) if sessions else None
-    return generate_batch(model, tok, texts, runtime.tools, max_new_tokens=max_new_tokens,
-                          max_calls=runtime.spec.max_calls, before_call=hook)
+def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessions: list[str] | None = None,
+               tools: dict | None = None):
+    """Greedy answers with the tools in the loop (`tools`: the runtime's unless given); each in its own memory
+    session when `sessions` are given. A runtime with experts (a later stage's checkpoint: the final agent) answers
+    each text with the expert its dispatcher picks, as chat and serve do."""
+    tp = runtime.two_pass
+    groups = tp.groups(tp.choose(texts)) if tp else {"": list(range(len(texts)))}
+    out: list = [None] * len(texts)
+    for choice, ix in groups.items():
+        hook = in_session(runtime, [sessions[i] for i in ix]) if sessions else None
+        with tp.applied(choice) if tp else nullcontext():
+            gens = generate_batch(model, tok, [texts[i] for i in ix], runtime.tools if tools is None else tools,
+                                  max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls, before_call=hook)
+        for i, g in zip(ix, gens):
+            out[i] = g
+    return out
 
 
 def _rate(xs) -> float:
@@ -132,7 +144,7 @@ def probe_persona(model, tok, runtime, prompt: str, n: int, seed: int, shots: in
         qs = identity_questions("test", n if k == 0 else (n_turns or n), seed)
         rng = random.Random(f"distract:{seed}:{k}")
         texts = [conversation(distractors(k, rng), q, prompt) for q in qs]
-        answers = generate_batch(model, tok, texts, {}, max_new_tokens=16)
+        answers = answer_all(model, tok, runtime, texts, 16, tools={})
         out[f"identity_k{k}"] = _rate(names_persona(a.text, name) for a in answers)
     return out
 

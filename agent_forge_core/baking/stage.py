@@ -214,7 +214,8 @@ def baked_capabilities(measured: dict[str, dict[str, float]]) -> dict[str, float
 
 def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
     """The bakes measured on a later checkpoint (the final agent): its own runtime (the baked tools, a fresh memory
-    session), no prompt, the probes of the stage's `baked` condition with the run's baking settings."""
+    session, and its experts: each probe answered by the expert its dispatcher picks, as chat and serve answer), no
+    prompt, the probes of the stage's `baked` condition with the run's baking settings."""
     cfg = settings.baking
     runtime = Runtime.open(folder, model, tok, scratch_agent(scratch, settings),
                            session=f"agent-probe-{uuid.uuid4().hex[:8]}")
