@@ -121,6 +121,14 @@ class Runtime:
         with self.expert(question):
             return generate(model, tokenizer, self.prompt(question, turns), self.tools, max_calls=self.spec.max_calls, **kw)
 
+    def routed(self, texts: list[str], task: str = "", route: bool = True) -> list[tuple[object, list[int]]]:
+        """[(the block in which the texts at `indices` are answered, indices)]: one per expert the dispatcher picks
+        (a CEM mix needs the `task`); one plain block without experts or with `route=False`."""
+        tp = self.two_pass if route else None
+        if tp is None:
+            return [(nullcontext(), list(range(len(texts))))]
+        return [(tp.applied(c), ix) for c, ix in tp.groups(tp.choose(texts, task)).items()]
+
     def completer(self, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
                   task: str = "", route: bool = True):
         """The eval suite's hook: each prompt answered with the tools in the loop (and its dispatched expert; a
@@ -130,11 +138,9 @@ class Runtime:
         def complete(model, tokenizer, prompts: list[str]) -> list[str]:
             head = self.preface()
             full = [f"{head}\n\n{p}" if head else p for p in prompts]
-            tp = self.two_pass if route else None
-            groups = tp.groups(tp.choose(prompts, task)) if tp else {"base": list(range(len(prompts)))}
             out: list[str] = [""] * len(prompts)
-            for choice, ix in groups.items():
-                with tp.applied(choice) if tp else nullcontext():
+            for block, ix in self.routed(prompts, task, route):
+                with block:
                     gens = generate_batch(model, tokenizer, [full[i] for i in ix], self.tools, max_new_tokens=max_new_tokens,
                                           max_calls=self.spec.max_calls, batch_size=batch_size, temperature=temperature,
                                           seed=seed)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from contextlib import nullcontext
 
 from ..agent.generate import Generation, generate_batch
 from ..agent.markup import strip_markup
@@ -43,12 +42,10 @@ def answer_all(model, tok, runtime, texts: list[str], max_new_tokens: int, sessi
     """Greedy answers with the tools in the loop (`tools`: the runtime's unless given); each in its own memory
     session when `sessions` are given. A runtime with experts (a later stage's checkpoint: the final agent) answers
     each text with the expert its dispatcher picks, as chat and serve do."""
-    tp = runtime.two_pass
-    groups = tp.groups(tp.choose(texts)) if tp else {"": list(range(len(texts)))}
     out: list = [None] * len(texts)
-    for choice, ix in groups.items():
+    for block, ix in runtime.routed(texts):
         hook = in_session(runtime, [sessions[i] for i in ix]) if sessions else None
-        with tp.applied(choice) if tp else nullcontext():
+        with block:
             gens = generate_batch(model, tok, [texts[i] for i in ix], runtime.tools if tools is None else tools,
                                   max_new_tokens=max_new_tokens, max_calls=runtime.spec.max_calls, before_call=hook)
         for i, g in zip(ix, gens):
