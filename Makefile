@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bitnet_speed.py
 	$(BIN)/python bench/evomerge.py
 	$(BIN)/python bench/quietstar.py
+	$(BIN)/python bench/quietstar_head.py
 	$(BIN)/python bench/baking.py
 	$(BIN)/python bench/baking_speed.py
 	$(BIN)/python bench/seedlm_search.py

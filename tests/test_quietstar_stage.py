@@ -84,6 +84,23 @@ def test_training_learns_a_mix_and_lowers_the_talk_loss(tiny_model_dir):
     assert len(measured) == 3 and all(h["grad_norm_nll"] > 0 for h in measured)
 
 
+def test_head_lr_scales_the_heads_step_and_leaves_the_model_s_alone(tiny_model_dir):
+    runs = {}
+    for head_lr in (None, 0.1):
+        model, tok, state = _fresh(tiny_model_dir)
+        seq = tok("Q: 2 + 2?\nA: 2 + 2 = 4. Answer: 4\n", add_special_tokens=False).input_ids
+        cfg = QuietStarSettings(steps=1, warmup=0, lr=1e-3, head_lr=head_lr, seq_len=32, grad_norm_every=0)
+        train_quietstar(model, state, batches([(seq, seq)] * 4, 2, tok.pad_token_id, 0), cfg, tok.pad_token_id)
+        runs[head_lr] = (model, state)
+    (m1, s1), (m2, s2) = runs[None], runs[0.1]
+    # the first step's gradients do not depend on the head's lr (its last layer starts at zero)
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    assert torch.equal(s1.thought_embedding, s2.thought_embedding)
+    w1, w2 = s1.head[-1].weight, s2.head[-1].weight
+    assert w1.abs().max() > 0
+    assert torch.allclose(w2, 100 * w1, rtol=1e-3, atol=1e-9)  # Adam's first step is lr · g/|g|, per entry
+
+
 def test_pause_control_trains_without_reinforce(tiny_model_dir):
     model, tok, state = _fresh(tiny_model_dir)
     seq = tok("Q: 2 + 2?\nA: 2 + 2 = 4. Answer: 4\n", add_special_tokens=False).input_ids
@@ -100,6 +117,13 @@ def test_plain_generation_never_emits_thought_tokens(tiny_model_dir):
     model.generation_config.suppress_tokens = list(state.tokens.ids)
     outs = greedy_complete(model, tok, ["Q: 1 + 1?\nA:", "Records: a=1."], 6, 2)
     assert not any(t in o for o in outs for t in ("<|startthought|>", "<|endthought|>"))
+
+
+def test_paired_standard_error_of_the_change():
+    from agent_forge_core.quietstar.metrics import paired_se
+
+    assert paired_se([0.1, 0.1, 0.1]) == pytest.approx(0.0, abs=1e-15)  # the same shift on every token is no noise
+    assert paired_se([1.0, -1.0, 1.0, -1.0]) == pytest.approx((4 / 3) ** 0.5 / 2)  # s / sqrt(n), s² = 4/3
 
 
 def test_eval_thoughts_off_leaves_checkpoint_keys_unchanged():
@@ -121,6 +145,11 @@ def test_stage_writes_model_with_thought_state_and_metrics(tiny_settings, capsys
     tm = info["thought_metrics"]
     assert {"text_nll", "text_nll_thought", "text_hard_nll_thought", "answer_prob_thought", "mix_mean"} <= set(tm)
     assert tm["text_hard_nll"] >= tm["text_nll"]
+    # the report's table: thought mode against plain mode on the same tokens, with the paired standard error
+    (table,) = info["tables"].values()
+    first = table["rows"][0]
+    assert first["measure"] == "held-out text NLL" and first["plain"] == tm["text_nll"]
+    assert first["change"] == f"{tm['text_nll_thought'] - tm['text_nll']:+.4f} ± {tm['text_nll_change_se']:.4f}"
     assert set(info["thought_eval"]) >= {"perplexity", "arithmetic", "arithmetic_nll"}
     assert info["departures"]["n_thought"] == {"ours": 2, "reference": 9}
     assert len(json.loads((folder / "quietstar_history.json").read_text())) == 4

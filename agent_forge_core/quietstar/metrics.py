@@ -6,7 +6,8 @@ steps and answer), the same on *hard tokens* (the 10% with the highest NLL⁰, a
 gains there), on the final answer's tokens, the teacher-forced answer probability Π p(answer tokens) (the
 paper's "accuracy" for GSM8K/CommonsenseQA is this probability for a direct answer; ours is conditioned on
 the worked steps, which the task's format puts first), the share of tokens a thought helps
-(NLLᵐⁱˣ < NLL⁰), and the mixing weight w (mean, 10/50/90% quantiles).
+(NLLᵐⁱˣ < NLL⁰), the paired standard error of the mean change NLLᵐⁱˣ − NLL⁰ (tokens as independent
+draws), and the mixing weight w (mean, 10/50/90% quantiles).
 """
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def token_scores(model, state: ThoughtState, seqs: list[list[int]], n_thought: i
     return out
 
 
+def paired_se(diffs: list[float]) -> float:
+    """Standard error of the mean of per-token differences (thought minus plain on the same tokens)."""
+    n = len(diffs)
+    if n < 2:
+        return 0.0
+    mean = sum(diffs) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+
+
 def _summary(prefix: str, base: list[float], mixed: list[float]) -> dict[str, float]:
     if not base:
         return {}
@@ -57,6 +67,7 @@ def _summary(prefix: str, base: list[float], mixed: list[float]) -> dict[str, fl
     hard = sorted(range(len(base)), key=lambda i: -base[i])[:k]
     return {
         f"{prefix}_nll": sum(base) / len(base), f"{prefix}_nll_thought": sum(mixed) / len(mixed),
+        f"{prefix}_nll_change_se": paired_se([m - b for b, m in zip(base, mixed)]),
         f"{prefix}_hard_nll": sum(base[i] for i in hard) / k, f"{prefix}_hard_nll_thought": sum(mixed[i] for i in hard) / k,
         f"{prefix}_helped_share": sum(m < b for b, m in zip(base, mixed)) / len(base),
     }
@@ -114,3 +125,22 @@ def thought_metrics(model, state: ThoughtState, tokenizer, eval_cfg, n_thought: 
     answer_m = [v for (_, a, e), (_, m, _) in zip(spans, scores) for v in m[a - 1 : e - 1]]
     metrics.update({k: v for k, v in _summary("answer", answer_b, answer_m).items() if "hard" in k or "helped" in k})
     return metrics
+
+
+EFFECT_ROWS = (("held-out text NLL", "text_nll"), ("its hardest 10% of tokens", "text_hard_nll"),
+               ("arithmetic target NLL", "arithmetic_nll"), ("answer NLL", "answer_nll"),
+               ("answer probability", "answer_prob"))
+
+
+def effect_table(metrics: dict[str, float]) -> dict:
+    """Thought mode against plain mode on the same held-out tokens: the stage's own measure (for the report)."""
+    rows = []
+    for name, key in EFFECT_ROWS:
+        if key in metrics and f"{key}_thought" in metrics:
+            plain, thought = metrics[key], metrics[f"{key}_thought"]
+            se = metrics.get(f"{key}_change_se")
+            rows.append({"measure": name, "plain": plain, "thought mode": thought,
+                         "change": f"{thought - plain:+.4f}" + (f" ± {se:.4f}" if se is not None else "")})
+    rows.append({"measure": "mixing weight w (mean; 10/50/90%)", "plain": "", "thought mode": metrics["mix_mean"],
+                 "change": f"{metrics['mix_q10']:.3g} / {metrics['mix_q50']:.3g} / {metrics['mix_q90']:.3g}"})
+    return {"columns": ["measure", "plain", "thought mode", "change"], "rows": rows}

@@ -20,7 +20,7 @@ from ..training.focuses import check_focuses
 REFERENCE = {"n_thought": 9, "n_talk": 4, "n_passes": 2, "seq_len": 256, "batch_size": 8, "steps": 100, "lr": 1e-6,
              "warmup": 20, "weight_decay": 0.001, "max_grad_norm": 1.0, "gumbel_temperature": 1.0, "reinforce_temperature": 3.0,
              "policy_beta": 1e6, "original_loss_weight": 0.5, "embedding_scale": 100.0,
-             "remove_negative_rewards": True, "thoughts": "sampled"}
+             "remove_negative_rewards": True, "thoughts": "sampled", "head_lr": None}
 
 
 class QuietStarSettings(StageSection):
@@ -40,6 +40,8 @@ class QuietStarSettings(StageSection):
     steps: int = Field(8, gt=0, description="Optimiser steps (~12 s each on 2 CPU cores in quick).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (reference 1e-6 for 7B, too small to move 135M in "
                       "tens of steps).")
+    head_lr: float | None = Field(None, gt=0, description="Peak learning rate of the mixing head (None: `lr`, "
+                                  "as the reference).")
     warmup: int = Field(5, ge=0)
     weight_decay: float = Field(0.001, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)

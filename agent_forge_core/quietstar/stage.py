@@ -24,7 +24,7 @@ from ..model_io import load_model, save_model
 from ..stages.contract import Built, StageContext, StageSpec
 from ..training.sft_data import batches, focus_sequences
 from .evaluate import evaluate_thoughts
-from .metrics import thought_metrics
+from .metrics import effect_table, thought_metrics
 from .plot import plot_history
 from .settings import REFERENCE, QuietStarSettings
 from .state import ThoughtState
@@ -65,6 +65,8 @@ def build(inputs: list[str], cfg: QuietStarSettings, ctx: StageContext, keys: di
                                            cfg.eval_text_tokens),
         "train": _train_summary(history),
     }
+    info["tables"] = {"thought mode against plain mode (test split; change ± paired standard error)":
+                      effect_table(info["thought_metrics"])}
     if ev.thoughts:
         ctx.progress(0.9, "quietstar: the eval suite in thought mode")
         info["thought_eval"] = evaluate_thoughts(model, tok, state, cfg.n_thought, ev)

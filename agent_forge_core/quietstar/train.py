@@ -1,6 +1,6 @@
 """Quiet-STaR training: the whole model, the thought embeddings and the mixing head, one objective
 (`loss.quietstar_loss`), AdamW with linear warm-up and linear decay to 0 (the reference trains with the HF
-Trainer's default schedule), gradients clipped at `max_grad_norm` after the REINFORCE term is added.
+Trainer's default schedule; the mixing head's peak is `head_lr`, the reference's single lr when unset), gradients clipped at `max_grad_norm` after the REINFORCE term is added.
 
 Every `grad_norm_every` steps the NLL and the β-weighted REINFORCE gradients are measured apart (two
 backward passes over the same graph): with β = 1e6 and clipping at 1.0, the update direction is
@@ -44,7 +44,11 @@ def train_quietstar(
     params = [p for p in model.parameters()] + list(state.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = list(state.head.parameters())
+    rest = [p for p in params if all(p is not h for h in head)]
+    # the head starts from zero and is new, so it may learn faster than the pretrained weights (`head_lr`)
+    opt = torch.optim.AdamW([{"params": rest, "peak": cfg.lr}, {"params": head, "peak": cfg.head_lr or cfg.lr}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = next(model.parameters()).device
     pause = cfg.thoughts == "pause"
     model.train()
@@ -52,7 +56,7 @@ def train_quietstar(
     for step in range(cfg.steps):
         lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["peak"] / cfg.lr
         batch = next(batches)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         forced = None
