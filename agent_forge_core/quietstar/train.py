@@ -1,6 +1,7 @@
 """Quiet-STaR training: the whole model, the thought embeddings and the mixing head, one objective
 (`loss.quietstar_loss`), AdamW with linear warm-up and linear decay to 0 (the reference trains with the HF
-Trainer's default schedule; the mixing head's peak is `head_lr`, the reference's single lr when unset), gradients clipped at `max_grad_norm` after the REINFORCE term is added.
+Trainer's default schedule; the mixing head peaks at `head_lr`, the reference's single lr when unset),
+gradients clipped at `max_grad_norm` after the REINFORCE term is added.
 
 Every `grad_norm_every` steps the NLL and the β-weighted REINFORCE gradients are measured apart (two
 backward passes over the same graph): with β = 1e6 and clipping at 1.0, the update direction is
@@ -56,7 +57,7 @@ def train_quietstar(
     for step in range(cfg.steps):
         lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr)
         for g in opt.param_groups:
-            g["lr"] = lr * g["peak"] / cfg.lr
+            g["lr"] = lr_at(step, cfg.steps, cfg.warmup, g["peak"])
         batch = next(batches)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         forced = None
