@@ -41,8 +41,8 @@ def run(folder: str, head_lr: str, n: int, text_tokens: int, overrides: list[str
     state = ThoughtState.initial(model, tok, tokens, cfg.embedding_scale)
     seqs = training_sequences(cfg, tok, ev.shots, ev.data)
     t0 = time.time()
-    hist = train_quietstar(model, state, batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed), cfg,
-                           tok.pad_token_id)
+    train_quietstar(model, state, batches(seqs, cfg.batch_size, tok.pad_token_id, cfg.seed), cfg,
+                    tok.pad_token_id)
     train_s = time.time() - t0
     state.write_embeddings(model)
     m = thought_metrics(model, state, tok, ev, cfg.n_thought, n, text_tokens)
