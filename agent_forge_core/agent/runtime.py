@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..evals.suite import routed_blocks
 from ..experts.two_pass import TwoPass, has_experts, read_design
 from .generate import Generation, generate, generate_batch
 from .markup import strip_markup
@@ -124,10 +125,7 @@ class Runtime:
     def routed(self, texts: list[str], task: str = "", route: bool = True) -> list[tuple[object, list[int]]]:
         """[(the block in which the texts at `indices` are answered, indices)]: one per expert the dispatcher picks
         (a CEM mix needs the `task`); one plain block without experts or with `route=False`."""
-        tp = self.two_pass if route else None
-        if tp is None:
-            return [(nullcontext(), list(range(len(texts))))]
-        return [(tp.applied(c), ix) for c, ix in tp.groups(tp.choose(texts, task)).items()]
+        return routed_blocks(self.two_pass if route else None, texts, task)
 
     def completer(self, max_new_tokens: int, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
                   task: str = "", route: bool = True):

@@ -197,8 +197,9 @@ class Router(Protocol):
     def applied(self, choice: str) -> ContextManager: ...
 
 
-def _routed(router: Router | None, prompts: list[str], task: str, routed: dict | None):
-    """[(the block the prompts at `indices` are answered in, indices)]."""
+def routed_blocks(router: Router | None, prompts: list[str], task: str = "", routed: dict | None = None):
+    """[(the block the prompts at `indices` are answered in, indices)]: one per choice of the router (a CEM mix
+    needs the `task`), one plain block without a router; `routed` receives {task: {choice: count}}."""
     if router is None:
         return [(nullcontext(), list(range(len(prompts))))]
     groups = router.groups(router.choose(prompts, task))
@@ -243,7 +244,7 @@ def evaluate(
         items = with_shots(task, split, cfg.n_examples, cfg.shots, cfg.seed)
         prompts = [p for p, _ in items]
         correct, nll, tokens = 0, 0.0, 0
-        for block, ix in _routed(router, prompts, name, routed):
+        for block, ix in routed_blocks(router, prompts, name, routed):
             with block:
                 part = [prompts[i] for i in ix]
                 completions = complete(model, tokenizer, part) if complete else \

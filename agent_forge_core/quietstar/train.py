@@ -46,7 +46,8 @@ def train_quietstar(
     for p in params:
         p.requires_grad_(True)
     head = list(state.head.parameters())
-    rest = [p for p in params if all(p is not h for h in head)]
+    head_ids = {id(h) for h in head}
+    rest = [p for p in params if id(p) not in head_ids]
     # the head starts from zero and is new, so it may learn faster than the pretrained weights (`head_lr`)
     opt = torch.optim.AdamW([{"params": rest, "peak": cfg.lr}, {"params": head, "peak": cfg.head_lr or cfg.lr}],
                             lr=cfg.lr, weight_decay=cfg.weight_decay)
