@@ -6,8 +6,8 @@ import torch
 
 from agent_forge_core.evals.settings import EvalSettings
 from agent_forge_core.evals.gates import check_gates, enforce_gates
-from agent_forge_core.evals.suite import (difference_noise, evaluate, greedy_complete, perplexity, standard_error,
-                                          target_nll)
+from agent_forge_core.evals.suite import (answer_and_score, difference_noise, evaluate, greedy_complete, perplexity,
+                                          standard_error, target_nll, target_nll_sum)
 from agent_forge_core.evals.tasks import BUILTIN, SPLITS, Example, get_task, with_shots
 from agent_forge_core.evals.text import natural_text
 from agent_forge_core.errors import GateFailed
@@ -169,6 +169,21 @@ def test_target_nll_of_a_ragged_batch_matches_each_pair_s_labels_loss_with_or_wi
             return model(input_ids=input_ids, attention_mask=attention_mask)
 
     assert target_nll(IgnoresKeep(), tok, pairs, batch_size=4) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_answer_and_score_equals_separate_decoding_and_scoring(tiny):
+    """The targets scored on the prefill's cache (ragged prompts and targets, a one-token target, a pair whose
+    prompt merges with its target into other tokens, scored apart) give the separate passes' NLL, and decoding
+    from the cropped cache the same completions."""
+    model, tok = tiny
+    pairs = [("Q: 2 + 3 =\nA:", " 5"), ("Q: Records: cat=41, dog=7, emu=12. What is the value of emu?\nA:", " 12"),
+             ("Say hi.\n", " hi there, friend"), ("Q: 7 + 1 =\nA: ", "8"), ("Records: a=", "1")]
+    ids = [(tok(p, add_special_tokens=False).input_ids, tok(p + t, add_special_tokens=False).input_ids) for p, t in pairs]
+    assert [full[: len(p)] == p for p, full in ids] == [True, True, True, False, True]
+    completions, total, count = answer_and_score(model, tok, pairs, max_new_tokens=6, batch_size=3)
+    assert completions == greedy_complete(model, tok, [p for p, _ in pairs], 6, 3)
+    ref_total, ref_count = target_nll_sum(model, tok, pairs, batch_size=3)
+    assert count == ref_count and total == pytest.approx(ref_total, rel=1e-5)
 
 
 def test_evaluate_reports_every_metric(tiny):

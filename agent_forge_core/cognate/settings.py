@@ -1,6 +1,8 @@
 """Settings of the Cognate stage (and of the LoRA adapters it trains)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from ..architecture import PROJECTIONS
@@ -33,6 +35,13 @@ class CognateSettings(StageSection):
     warmup: int = Field(4, ge=0)
     replay: float = Field(0.1, ge=0, lt=1, description="Share of a task focus's training sequences that are "
                           "held-in natural text instead (rehearsal against forgetting; `language` is all text).")
+    train_precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="The steps' forward under bfloat16 autocast (the LoRA weights, the optimiser and the "
+        "merge stay float32); see `train_attention` for the measured speed.")
+    train_attention: Literal["eager", "sdpa"] = Field(
+        "eager", description="transformers' attention kernel in the steps (`training/attention.py`): PyTorch's CPU "
+        "flash-attention backward is slow on 2 cores; bench/cognate_speed.py measures each setting against "
+        "float32 with sdpa side by side (bench/results/cognate_speed.json); on a GPU, sdpa.")
     seed: int = 0
     gates: dict[str, float] = Field(
         default_factory=lambda: {"perplexity": 0.5, "perplexity_ood": 0.5, "arithmetic": 0.25, "recall": 0.25,

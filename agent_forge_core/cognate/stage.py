@@ -39,7 +39,7 @@ def build(inputs: list[str], cfg: CognateSettings, ctx: StageContext, keys: dict
 
         peft_model, stats = train_lora(
             model, lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules),
-            data, cfg.steps, cfg.lr, cfg.warmup, progress, cfg.seed,
+            data, cfg.steps, cfg.lr, cfg.warmup, progress, cfg.seed, cfg.train_precision, cfg.train_attention,
         )
         merged = merge_lora(peft_model)
         folder = save_model(merged, tok, ctx.work_dir / f"cognate-{focus}-{uuid.uuid4().hex}")

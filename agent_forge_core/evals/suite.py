@@ -92,6 +92,62 @@ def suppress(logits: torch.Tensor, ids) -> torch.Tensor:
     return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _prefill(model, tokenizer, enc: list[list[int]]):
+    """One forward of the left-padded prompts `enc` (every prompt ends at the same column), keeping the KV cache
+    and the last position's logits only (the prompts' own would cost a vocabulary-wide projection each): returns
+    (the model's output, key mask, position ids)."""
+    width = max(map(len, enc))
+    ids = torch.full((len(enc), width), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(enc), width), dtype=torch.long)
+    for j, e in enumerate(enc):
+        ids[j, width - len(e) :] = torch.tensor(e)
+        mask[j, width - len(e) :] = 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    res = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    return res, mask, position_ids
+
+
+def _decode(model, tokenizer, res, mask: torch.Tensor, position_ids: torch.Tensor, max_new_tokens: int,
+            temperature: float, generator: torch.Generator | None) -> list[str]:
+    """Tokens after a prefill (`_prefill`'s output) until each row's first newline or end of sequence."""
+    newline = newline_ids(tokenizer).to(model.device)
+    banned = suppressed_ids(model)
+    pad_id = _pad_id(tokenizer)
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id
+    done = torch.zeros(mask.size(0), dtype=torch.bool, device=model.device)
+    generated = []
+    cur_pos = position_ids[:, -1:]
+    for step in range(max_new_tokens):
+        if step:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            cur_pos = cur_pos + 1
+            res = model(input_ids=generated[-1][:, None], attention_mask=mask, position_ids=cur_pos,
+                        past_key_values=res.past_key_values, use_cache=True, logits_to_keep=1)
+        logits = suppress(res.logits[:, -1], banned)
+        if temperature > 0:
+            probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        generated.append(nxt)
+        done |= torch.isin(nxt, newline) | (nxt == eos_id)
+        if bool(done.all()):
+            break
+    out = []
+    for row in torch.stack(generated, dim=1).cpu():
+        toks = row.tolist()
+        if eos_id in toks:
+            toks = toks[: toks.index(eos_id)]
+        out.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return out
+
+
 @torch.no_grad()
 def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
                     temperature: float = 0.0, generator: torch.Generator | None = None) -> list[str]:
@@ -99,51 +155,65 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     model's generation config suppresses (e.g. Quiet-STaR's thought tokens) are never emitted. With
     `temperature` > 0, each token is sampled from softmax(logits / temperature) instead (drawn on the CPU from
     `generator`, so a seeded run samples the same text)."""
-    newline = newline_ids(tokenizer).to(model.device)
-    banned = suppressed_ids(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[i : i + batch_size]]
-        width = max(map(len, enc))
-        ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(enc), width), dtype=torch.long)
-        for j, e in enumerate(enc):  # left padding so every prompt ends at the same position
-            ids[j, width - len(e) :] = torch.tensor(e)
-            mask[j, width - len(e) :] = 1
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        done = torch.zeros(len(enc), dtype=torch.bool, device=model.device)
-        generated = []
-        past = None
-        cur_ids, cur_pos = ids, position_ids
-        for _ in range(max_new_tokens):
-            # the next token's logits only: the prompt's would cost a vocabulary-wide projection per position
-            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True,
-                        logits_to_keep=1)
-            past = res.past_key_values
-            logits = suppress(res.logits[:, -1], banned)
-            if temperature > 0:
-                probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
-            else:
-                nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            generated.append(nxt)
-            done |= torch.isin(nxt, newline) | (nxt == eos_id)
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            cur_ids = nxt[:, None]
-            cur_pos = cur_pos[:, -1:] + 1
-        gen = torch.stack(generated, dim=1).cpu()
-        for row in gen:
-            toks = row.tolist()
-            if eos_id in toks:
-                toks = toks[: toks.index(eos_id)]
-            out.append(tokenizer.decode(toks, skip_special_tokens=True))
+        res, mask, pos = _prefill(model, tokenizer, enc)
+        out += _decode(model, tokenizer, res, mask, pos, max_new_tokens, temperature, generator)
     return out
+
+
+def _cached_target_nll(model, res, mask: torch.Tensor, position_ids: torch.Tensor,
+                       targets: list[list[int]]) -> tuple[float, int]:
+    """(summed NLL, token count) of each row's `targets` tokens after its prompt, whose KV a prefill left in
+    `res`: the first target token is scored by the prefill's last logits, the rest by one forward of the targets
+    (right-padded) on the cache, which is then cropped back to the prompts, as generation expects it."""
+    longest = max(map(len, targets))
+    labels = torch.full((len(targets), longest), -100, dtype=torch.long)
+    for j, t in enumerate(targets):
+        labels[j, : len(t)] = torch.tensor(t, dtype=torch.long)
+    labels = labels.to(mask.device)
+    logits = res.logits[:, -1:]
+    if longest > 1:
+        inputs = labels[:, :-1].clamp(min=0)  # a pad is any id: it only feeds positions that predict a pad
+        tmask = (labels[:, :-1] != -100).long()
+        pos = position_ids[:, -1:] + torch.arange(1, longest, device=mask.device)[None, :]
+        more = model(input_ids=inputs, attention_mask=torch.cat([mask, tmask], dim=1), position_ids=pos,
+                     past_key_values=res.past_key_values, use_cache=True).logits
+        res.past_key_values.crop(-(longest - 1))  # negative: tokens off the end (old and new transformers agree)
+        logits = torch.cat([logits, more], dim=1)
+    nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    return nll.item(), int((labels != -100).sum())
+
+
+@torch.no_grad()
+def answer_and_score(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int,
+                     batch_size: int) -> tuple[list[str], float, int]:
+    """`greedy_complete` on the prompts and `target_nll_sum` of the targets, sharing each batch's prompt forward
+    (the targets are scored on the prefill's KV cache before decoding starts from it): (completions, summed NLL,
+    token count). A pair whose prompt's tokens are not a prefix of the tokens of prompt + target (a merge across
+    the boundary) is scored by `target_nll_sum`, as alone."""
+    completions, total, count = [], 0.0, 0
+    for i in range(0, len(pairs), batch_size):
+        enc, targets, apart = [], [], []
+        for prompt, target in pairs[i : i + batch_size]:
+            p = tokenizer(prompt, add_special_tokens=False).input_ids
+            t = tokenizer(prompt + target, add_special_tokens=False).input_ids
+            enc.append(p)
+            shared = t[: len(p)] == p and len(t) > len(p)
+            targets.append(t[len(p) :] if shared else [])
+            if not shared:
+                apart.append((prompt, target))
+        res, mask, pos = _prefill(model, tokenizer, enc)
+        if any(targets):
+            nll, n = _cached_target_nll(model, res, mask, pos, targets)
+            total, count = total + nll, count + n
+        if apart:
+            nll, n = target_nll_sum(model, tokenizer, apart, batch_size)
+            total, count = total + nll, count + n
+        completions += _decode(model, tokenizer, res, mask, pos, max_new_tokens, 0.0, None)
+    return completions, total, count
 
 
 @torch.no_grad()
@@ -246,11 +316,13 @@ def evaluate(
         correct, nll, tokens = 0, 0.0, 0
         for block, ix in routed_blocks(router, prompts, name, routed):
             with block:
-                part = [prompts[i] for i in ix]
-                completions = complete(model, tokenizer, part) if complete else \
-                    greedy_complete(model, tokenizer, part, cfg.max_new_tokens, cfg.batch_size)
-                total, count = target_nll_sum(model, tokenizer, [(prompts[i], items[i][1].target) for i in ix],
-                                              cfg.batch_size)
+                pairs = [(prompts[i], items[i][1].target) for i in ix]
+                if complete:
+                    completions = complete(model, tokenizer, [p for p, _ in pairs])
+                    total, count = target_nll_sum(model, tokenizer, pairs, cfg.batch_size)
+                else:
+                    completions, total, count = answer_and_score(model, tokenizer, pairs, cfg.max_new_tokens,
+                                                                 cfg.batch_size)
             correct += sum(task.check(c, items[i][1]) for c, i in zip(completions, ix))
             nll, tokens = nll + total, tokens + count
         metrics[name] = correct / len(items)

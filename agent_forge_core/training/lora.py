@@ -26,11 +26,14 @@ def train_lora(
     warmup: int,
     progress: Callable[[float, str], None] | None = None,
     seed: int = 0,
+    precision: str = "float32",
+    attention: str | None = None,
 ) -> tuple[object, TrainStats]:
-    """Train a LoRA adapter on `batches`; returns (peft model, stats). Merge with `merge_lora`."""
+    """Train a LoRA adapter on `batches`; returns (peft model, stats). Merge with `merge_lora`. `precision` and
+    `attention`: the steps' autocast and attention kernel (`loop.train`)."""
     torch.manual_seed(seed)  # LoRA's A matrices are initialised randomly
     peft_model = get_peft_model(model, config)
-    stats = train(peft_model, batches, steps, lr, warmup, progress, seed=seed)
+    stats = train(peft_model, batches, steps, lr, warmup, progress, seed=seed, precision=precision, attention=attention)
     return peft_model, stats
 
 
