@@ -13,7 +13,8 @@ class EvalSettings(Section):
     tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
     n_examples: int = Field(24, gt=0, description="Examples per task on the scored split (24: an accuracy's "
                             "standard error is at most ±0.1; every stage's output is scored, so this sets much of the "
-                            "quick chain's time, about a minute a checkpoint on 2 cores; full: 200).")
+                            "quick chain's time: 28 s for the default model on 2 cores, bench/results/eval_speed.json; "
+                            "full: 200).")
     shots: int = Field(1, ge=0, description="In-context examples (from the train split) in each prompt.")
     ppl_tokens: int = Field(2048, gt=0, description="Tokens of held-out text for perplexity, per text (in-domain and "
                             "out-of-domain). The quick chain scores nine checkpoints: 2048 (8 windows) rather than 4096 "

@@ -163,6 +163,13 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return out
 
 
+def _pair_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """(the prompt's token ids, those of prompt + target): the target's tokens are the second's after the first's
+    length (tokenized together, as the model reads them)."""
+    return (tokenizer(prompt, add_special_tokens=False).input_ids,
+            tokenizer(prompt + target, add_special_tokens=False).input_ids)
+
+
 def _cached_target_nll(model, res, mask: torch.Tensor, position_ids: torch.Tensor,
                        targets: list[list[int]]) -> tuple[float, int]:
     """(summed NLL, token count) of each row's `targets` tokens after its prompt, whose KV a prefill left in
@@ -198,8 +205,7 @@ def answer_and_score(model, tokenizer, pairs: list[tuple[str, str]], max_new_tok
     for i in range(0, len(pairs), batch_size):
         enc, targets, apart = [], [], []
         for prompt, target in pairs[i : i + batch_size]:
-            p = tokenizer(prompt, add_special_tokens=False).input_ids
-            t = tokenizer(prompt + target, add_special_tokens=False).input_ids
+            p, t = _pair_ids(tokenizer, prompt, target)
             enc.append(p)
             shared = t[: len(p)] == p and len(t) > len(p)
             targets.append(t[len(p) :] if shared else [])
@@ -230,8 +236,7 @@ def target_nll_sum(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     for i in range(0, len(pairs), batch_size):
         seqs, labels, starts = [], [], []
         for prompt, target in pairs[i : i + batch_size]:
-            p = tokenizer(prompt, add_special_tokens=False).input_ids
-            t = tokenizer(prompt + target, add_special_tokens=False).input_ids
+            p, t = _pair_ids(tokenizer, prompt, target)
             seqs.append(t)
             labels.append([-100] * len(p) + t[len(p) :])
             starts.append(len(p))
