@@ -388,7 +388,11 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     assert (folder / "prompt_tool.txt").read_text().startswith("You can use tools")
     assert "Forge" in (folder / "prompt_persona.txt").read_text()
     info = res.info[key]
-    assert set(info["probes"]) == {"tool", "persona"} and set(info["probes"]["tool"]) == {"base", "prompted", "baked"}
+    assert set(info["probes"]) == {"tool", "persona"}
+    assert set(info["probes"]["tool"]) == {"base", "prompted", "baked", "output"}
+    # the agent's numbers are the output's: the last bake's probe is the one made after it, the earlier measured again
+    assert info["probes"]["persona"]["output"] == info["probes"]["persona"]["baked"]
+    assert info["agent"]["tool call_rate"] == info["probes"]["tool"]["output"]["call_rate"]
     assert set(info["forgetting"]["persona"]) == {"tool", "persona"}
     # the forge report's tables: every probe metric in the three conditions with its recovery, and forgetting
     tables = {t.split(":")[0]: rows for t, rows in info["tables"].items()}  # manifests sort their keys
@@ -398,7 +402,7 @@ def test_stage_bakes_measures_and_writes_the_agent(tiny_settings, tmp_path):
     assert call["recovery"] in ("-", info["recovery"]["tool"]["call_rate"])
     assert forgetting[-1] == {"after": "persona", **info["forgetting"]["persona"]}
     report = markdown(collect(ctx.store, [key]), [key], ctx.store, "t")
-    assert "## baking: probes" in report and "| bake | metric | base | prompted | baked | recovery |" in report
+    assert "## baking: probes" in report and "| bake | metric | base | prompted | baked | output | recovery |" in report
     assert "| tool | call_rate |" in report
     hist = json.loads((folder / "baking_history.json").read_text())["history"]
     assert len(hist["tool"]["steps"]) == 6 and hist["tool"]["heldout"][0]["step"] == 0  # step_factor: tool 2
@@ -424,7 +428,8 @@ def test_stage_on_a_ternary_input_trains_latents_or_refuses(tiny_settings, tmp_p
     info = ctx.store.manifest(key).info
     assert (folder / "bitnet.json").is_file() and info["student"] == "latent"
     # Prompt Pursuit: the baked model re-prompted and baked again, measured as its own row
-    assert set(info["probes"]["persona"]) == {"base", "prompted", "baked", "persona_pursuit1"}
+    assert set(info["probes"]["persona"]) == {"base", "prompted", "baked", "persona_pursuit1", "output"}
+    assert info["probes"]["persona"]["output"] == info["probes"]["persona"]["persona_pursuit1"]  # the last round's
     assert set(info["loss"]) == {"persona", "persona_pursuit1"}
     from safetensors.torch import load_file
 

@@ -315,7 +315,9 @@ def test_the_stage_writes_experts_beside_the_unchanged_base_and_evaluates_two_pa
     assert all(torch.equal(p, p0[n]) for n, p in m1.named_parameters())  # experts are sidecars, not baked in
     two = TwoPass(m1, tok, folder)
     metrics, routed = two.evaluate(s.eval)
-    assert metrics == res.metrics[key]
+    # the stage answers through the runtime's generator and scores targets apart; the plain suite scores them on the
+    # prompts' cache (`answer_and_score`): the same NLLs to float rounding
+    assert metrics == pytest.approx(res.metrics[key], rel=1e-6)
     assert sum(routed["arithmetic"].values()) == s.eval.n_examples
     assert run_stage_on("experts", base.outputs, ctx).reused
 

@@ -160,8 +160,9 @@ def recovery(base: dict, prompted: dict, baked: dict) -> dict[str, float | None]
 
 
 def probe_tables(probes: dict[str, dict], forgetting: dict[str, dict]) -> dict[str, dict]:
-    """The forge report's tables: every probe metric of each bake in its three conditions (and any pursuit
-    round) with the recovery ratio, and the forgetting matrix (each bake's primary metric after every later bake)."""
+    """The forge report's tables: every probe metric of each bake in its conditions (input without and with the
+    prompt, baked, any pursuit round, the stage's output) with the recovery ratio, and the forgetting matrix (each
+    bake's primary metric after every later bake)."""
     rows, conds = [], list(dict.fromkeys(c for p in probes.values() for c in p))
     for b, by_cond in probes.items():
         rec = recovery(by_cond["base"], by_cond["prompted"], by_cond["baked"]) if "baked" in by_cond else {}
@@ -169,7 +170,8 @@ def probe_tables(probes: dict[str, dict], forgetting: dict[str, dict]) -> dict[s
             rows.append({"bake": b, "metric": m, **{c: v[m] for c, v in by_cond.items()},
                          "recovery": "-" if rec.get(m) is None else rec[m]})
     bakes = list(dict.fromkeys(b for vals in forgetting.values() for b in vals))
-    return {"probes: input without / with the bake's prompt, baked without it; recovery = (baked - base) / "
-            "(prompted - base)": {"columns": ["bake", "metric", *conds, "recovery"], "rows": rows},
+    return {"probes: input without / with the bake's prompt, baked without it (right after its bake; output: after "
+            "every bake); recovery = (baked - base) / (prompted - base)": {
+                "columns": ["bake", "metric", *conds, "recovery"], "rows": rows},
             "forgetting: each bake's primary metric (column) after the bake of the row": {
                 "columns": ["after", *bakes], "rows": [{"after": n, **vals} for n, vals in forgetting.items()]}}

@@ -45,7 +45,8 @@ from .trajectories import sample
 
 # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: trajectories
 # keep the generator's ids
-VERSION = 7  # 6: the runtime and prompts are sidecars (carried by later stages); 7: four tool demonstrations, anchor
+VERSION = 8  # 6: the runtime and prompts are sidecars (carried by later stages); 7: four tool demonstrations, anchor;
+# 8: the `output` probes (every bake after the last), the final agent's comparison
 HISTORY_FILE = "baking_history.json"
 
 
@@ -180,12 +181,19 @@ def build(inputs: list[str], cfg: BakingSettings, ctx: StageContext, keys: dict[
                          curve["steps"][0]["loss"], curve["steps"][-1]["loss"],
                          [round(h["kl"], 3) for h in curve["heldout"]],
                          PRIMARY[b], {c: round(v[PRIMARY[b]], 3) for c, v in probes[b].items()})
+        # the stage's output as the agent gets it: every bake probed after the last one (`baked` is right after its
+        # own bake, before later bakes could overwrite it; the final agent table compares against this)
+        note("probes of the output")
+        last_bake, last_round = rounds[-1]
+        for b in cfg.order:
+            probes[b]["output"] = probes[b][f"{b}_pursuit{last_round}" if last_round else "baked"] if b == last_bake \
+                else measure(b, model, tok, runtime, "", cfg, shots)
         info = {
             "student": kind, "order": cfg.order, "departures": cfg.departures(REFERENCE), "probes": probes,
             "anchor_trajectories": len(anchor),
             "recovery": {b: recovery(p["base"], p["prompted"], p["baked"]) for b, p in probes.items()},
             "forgetting": forgetting, "primary": {b: PRIMARY[b] for b in cfg.order}, "input_s": input_s,
-            "agent": baked_capabilities({b: p["baked"] for b, p in probes.items()}),
+            "agent": baked_capabilities({b: p["output"] for b, p in probes.items()}),
             "tables": probe_tables(probes, forgetting),
             "loss": {n: {"objective": cfg.objective, "first": h["steps"][0]["loss"], "last": h["steps"][-1]["loss"],
                          "heldout_kl": [x["kl"] for x in h["heldout"]]} for n, h in history.items()},
