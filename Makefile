@@ -28,6 +28,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/cognate.py
+	$(BIN)/python bench/cognate_speed.py
+	$(BIN)/python bench/eval_speed.py
 	$(BIN)/python bench/bitnet.py
 	$(BIN)/python bench/bitnet_levers.py
 	$(BIN)/python bench/bitnet_speed.py

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from agent_forge_core.context import make_context
@@ -65,3 +66,22 @@ def test_replay_swaps_a_share_of_task_sequences_for_held_in_text(tiny_model_dir)
     for ids, labels in mixed[30:]:
         assert labels == ids and tok.decode(ids)[:40] in train_text  # LM windows of held-in text, loss on all
     assert with_replay(seqs, tok, 0.0, 64, 99) == seqs
+
+
+def test_train_lora_steps_in_the_given_precision_and_attention_kernel(tiny_model_dir):
+    """bfloat16 autocast reaches the steps (the losses move at its rounding), eager attention only at float
+    rounding; the model's own kernel is put back after training."""
+    model, tok = load_model(str(tiny_model_dir))
+    seqs = task_sequences(tok, "recall", 16, 1, 0, 64)
+
+    def losses(precision, attention):
+        m = copy.deepcopy(model)
+        _, stats = train_lora(m, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]), batches(seqs, 4, tok.pad_token_id, 0),
+                              steps=2, lr=1e-2, warmup=0, precision=precision, attention=attention)
+        assert m.config._attn_implementation == model.config._attn_implementation
+        return stats.first_loss, stats.last_loss
+
+    plain = losses("float32", None)
+    assert losses("float32", "eager") == pytest.approx(plain, rel=1e-5)
+    bf16 = losses("bfloat16", "eager")
+    assert bf16 != plain and bf16 == pytest.approx(plain, rel=0.05)
