@@ -5,8 +5,13 @@ import logging
 from .fanout import FanoutFactory
 from .model_io import resolve_device
 from .scratch import scratch_dir
-from .stages.contract import Progress, StageContext, no_progress
+from .stages.contract import Progress, StageContext, StageSpec, no_progress
+from .stages.registry import available, get_stage
 from .store import CheckpointStore
+
+
+def built_stage(name: str) -> StageSpec | None:
+    return get_stage(name) if name in available() else None
 
 
 def make_context(settings, log=None, progress: Progress | None = None, fanout: FanoutFactory | None = None) -> StageContext:
@@ -19,4 +24,5 @@ def make_context(settings, log=None, progress: Progress | None = None, fanout: F
         progress=progress or no_progress,
         work_dir=work,
         fanout=fanout,
+        stages=built_stage,
     )

@@ -15,7 +15,7 @@ from agent_forge_core.report import collect, markdown
 from agent_forge_core.baking.prompts import WRITE_DEMO
 from agent_forge_core.baking.queries import DEMO_WORDS, identity_questions, own_queries, training_queries
 from agent_forge_core.baking.settings import BakingSettings
-from agent_forge_core.baking.stage import bake_steps
+from agent_forge_core.baking.stage import TRAFFIC_SEED, bake_steps, traffic
 from agent_forge_core.baking.train import (_forward, accumulate, bake, kl_of, length_groups, make_student,
                                           teacher_logprobs)
 from agent_forge_core.baking.trajectories import Query, Trajectory, aligned, answer_ids, sample
@@ -170,6 +170,24 @@ def test_a_batch_in_length_runs_has_the_padded_batch_gradient(tiny_model_dir, ob
         assert kl_of(student, trajs, targets, tok.pad_token_id) == pytest.approx(losses[0], rel=1e-4)
 
 
+def test_the_agent_traffic_is_its_own_answers_to_each_bakes_queries(tiny_settings, tmp_path):
+    s = tiny_settings("baking.order=[tool,memory]", "baking.max_new_tokens=6", f"agent.index_dir={tmp_path}/idx")
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    (folder / "runtime.json").write_text(RuntimeSpec(tools=["calc", "mem_read", "mem_write"]).model_dump_json())
+    model, tok = load_model(s.model.source)
+    seqs = traffic(model, tok, folder, s, tmp_path / "scratch", 3)
+    assert seqs == traffic(model, tok, folder, s, tmp_path / "scratch", 3)  # seeded
+    # each bake's training mixture at the traffic's own seeds: the query's ids, then the model's answer
+    queries = [q for i, b in enumerate(["tool", "memory"])
+               for q in training_queries(b, 3, s.baking.other_share, s.eval.shots, TRAFFIC_SEED + i,
+                                         tuple(s.baking.persona.train_turns), getattr(s.baking.chat_share, b))]
+    assert len(seqs) == len(queries) == 6
+    for ids, q in zip(seqs, queries):
+        head = tok(q.text, add_special_tokens=False).input_ids
+        assert ids[:len(head)] == head and len(ids) > len(head)
+
+
 def test_sampled_trajectories_align(tiny_model_dir, tmp_path):
     model, tok = load_model(str(tiny_model_dir))
     rt = Runtime.open(None, model, tok, AgentSettings(memory=str(tmp_path / "m.sqlite")), spec=RuntimeSpec(tools=["calc"]))
@@ -294,7 +312,7 @@ def test_tool_bakes_see_plain_identity_questions_where_no_tool_belongs():
         assert len(chat) == 4 and all(q.text[3:-3] in train_cores for q in chat)  # a third of the 12 others, train split
     assert not [q for q in training_queries("persona", 48, 0.25, 1, 0) if q.kind == "chat"]
     # per bake: none for the tool bake by default (its teacher calls on identity questions)
-    # memory, baked last, only identity questions among its others
+    # memory: only identity questions among its others
     assert BakingSettings().chat_share.identity() == {"tool": 0.0, "memory": 1.0, "retrieval": 1 / 3}
     memory = training_queries("memory", 48, 0.25, 1, 0, chat_share=1.0)
     assert sum(q.kind == "chat" for q in memory) == 12 and sum(q.kind == "memory" for q in memory) == 36

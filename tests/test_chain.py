@@ -91,6 +91,9 @@ def test_the_whole_chain_killed_in_the_middle_resumes_then_reruns_from_cache(tin
                                                             index_dir=str(tmp_path / "indexes")))
     assert runtime.two_pass is not None and "calc" in runtime.tools  # experts re-anchored to the compressed weights
     drift = store.manifest(final).info["experts_fingerprint_drift"]
+    # compression calibrated on the agent's own traffic beside the text (baking's hook, found on the lineage)
+    calibration = store.manifest(final).info["calibration"]
+    assert calibration["traffic_sequences"] > 0 and calibration["traffic_tokens"] > calibration["traffic_sequences"]
     assert set(drift) == {f"{d}.safetensors" for d in ("arithmetic", "recall", "instruction", "language")}
 
     # one report: every stage's row, the final agent measured again on the final checkpoint

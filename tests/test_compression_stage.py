@@ -76,6 +76,26 @@ def test_artifact_rebuilds_the_model_its_payload_describes(tiny_settings):
     assert m.info["hessians"] == 14  # 7 projections x 2 layers: VPTQ used calibration statistics
 
 
+def test_hessians_count_every_token_of_the_text_and_the_traffic_once(tiny_model_dir):
+    from agent_forge_core.compression.calibration import linear_hessians
+    from agent_forge_core.training.sft_data import text_sequences
+
+    model, tok = load_model(str(tiny_model_dir))
+    name = "model.layers.0.self_attn.q_proj"
+    traffic = [[5, 9, 2, 7], list(range(3, 20))]
+    got = linear_hessians(model, tok, [name], 96, 32, seed=1, traffic=traffic)[name]
+    # reference: q_proj's input is the first layer's input norm of the embeddings
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        xs = [layer.input_layernorm(model.model.embed_tokens(torch.tensor(ids))).double()
+              for ids in [*(ids for ids, _ in text_sequences(tok, 32, 3, 1)), *traffic]]
+    x = torch.cat(xs)
+    assert x.shape[0] == 3 * 32 + 4 + 17
+    torch.testing.assert_close(got, (x.T @ x / x.shape[0]).float(), rtol=1e-5, atol=1e-6)
+    text_only = linear_hessians(model, tok, [name], 96, 32, seed=1)[name]
+    assert not torch.allclose(text_only, got, rtol=1e-3)
+
+
 def test_auto_meets_the_target_bits_within_the_error_budget(tiny_settings):
     cands = "compression.auto_candidates=" + yaml.safe_dump(
         [{"codec": "rtn", "params": {"bits": b, "group": 64}} for b in (2, 4, 8)], default_flow_style=True).strip()

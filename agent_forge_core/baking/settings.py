@@ -42,7 +42,7 @@ class StepFactors(Section):
     both. In the quick chain memory reads reach 1.00 at 1x, and 2x there (with the experimental memory prompt noted
     in `prompts.py`) left the model calling memory on every identity question and the persona unbaked (identity
     0.12 vs 0.56 at 1x; bench/results/baking_quick_memwrites*.json). Since trajectories keep the generator's ids and
-    memory is baked last (`BakingSettings.order`): memory at 2x, recall 0.31-0.38 at the end of the chain vs 0.00 at
+    memory is baked late (`BakingSettings.order`): memory at 2x, recall 0.31-0.38 at the end of the chain vs 0.00 at
     1x (bench/results/baking_quick_memory_last*.json). Tool at 1x on the quick chain's loop output (four
     demonstrations): call rate prompted 0.62, baked 0.00 (16 probes); at 2x 0.75 (`anchor` 0.5) and 0.25 (`anchor` 1.0)."""
     tool: float = Field(2.0, gt=0, le=8)
@@ -54,10 +54,10 @@ class StepFactors(Section):
 class ChatShares(Section):
     """Per tool bake, the share of its other queries that are plain identity questions, where no call belongs (the
     persona bake has none: its own queries are identity questions). The tool bake gets none: its prompted teacher
-    calls the calculator on 0.56 of identity questions, so their trajectories would teach false calls. Memory, baked
-    last, gets only identity questions (its teacher answers them as the baked persona, without calls); at the end of
-    the quick chain persona 5/8 vs 4/8 with 1/3 (within noise) and tool calls 4/8 vs 3/8, while the memory probe's
-    false calls stay high (0.75 vs 0.88). One section, so `--set baking.chat_share.memory=0.5` keeps the others."""
+    calls the calculator on 0.56 of identity questions, so their trajectories would teach false calls. Memory gets
+    only identity questions (its teacher answers them without calls); measured when memory was baked last, after the
+    persona: at the end of the quick chain persona 5/8 vs 4/8 with 1/3 (within noise) and tool calls 4/8 vs 3/8,
+    while the memory probe's false calls stay high (0.75 vs 0.88). One section, so `--set baking.chat_share.memory=0.5` keeps the others."""
     tool: float = Field(0.0, ge=0, le=1)
     memory: float = Field(1.0, ge=0, le=1)
     retrieval: float = Field(1 / 3, ge=0, le=1)
@@ -71,11 +71,15 @@ class BakingSettings(StageSection):
     enabled: bool = True
 
     order: list[str] = Field(
-        default_factory=lambda: ["tool", "retrieval", "persona", "memory"], min_length=1,
-        description=f"Sub-bakes in order, each merged before the next: any of {list(BAKES)}. Memory last: baked "
+        default_factory=lambda: ["tool", "retrieval", "memory", "persona"], min_length=1,
+        description=f"Sub-bakes in order, each merged before the next: any of {list(BAKES)}. Memory late: baked "
         "second, its recall was 0 by the end of the quick chain (the later bakes overwrite it, replay did not hold "
-        "it); last at 2x steps with identity questions for all its other queries, recall 0.31 at the end with tool, "
-        "retrieval and persona within noise of the old order (bench/results/baking_quick_memory_last_2x_chat.json).")
+        "it); third or last at 2x steps with identity questions for all its other queries it holds. Persona last: "
+        "baked before memory, the quick chain's persona was 0/8 at baking's output and 1/8 on the final agent (the "
+        "memory bake overwrote it), and memory reads were lost at compression (1/8 on the final agent); persona last, "
+        "on the same loop output through experts and compression, the final agent named the persona 7/8, read "
+        "memory 7/8 with recall 4/8, and called tools as often (calculator 4/8, search 4/8; "
+        "bench/results/baking_quick_persona_last_chain.json).")
     trajectories: int = Field(24, gt=0, description="Trajectories sampled from the prompted model per bake "
                               "(one query each, train splits only).")
     other_share: float = Field(0.25, ge=0, lt=1, description="Share of each bake's queries from other tasks (the "

@@ -48,6 +48,7 @@ from .trajectories import sample
 VERSION = 8  # 6: the runtime and prompts are sidecars (carried by later stages); 7: four tool demonstrations, anchor;
 # 8: the `output` probes (every bake after the last), the final agent's comparison
 HISTORY_FILE = "baking_history.json"
+TRAFFIC_SEED = 2000  # the agent's traffic (`traffic`) draws other queries than its bakes' (seed + i)
 
 
 def scratch_agent(scratch, settings) -> AgentSettings:
@@ -230,6 +231,24 @@ def agent_probe(model, tok, folder, settings, scratch) -> dict[str, float]:
     return baked_capabilities({b: measure(b, model, tok, runtime, "", cfg, settings.eval.shots) for b in cfg.order})
 
 
+def traffic(model, tok, folder, settings, scratch, n: int) -> list[list[int]]:
+    """What the baked agent reads and writes (compression calibrates on it): its own answers, runtime in the loop
+    and no prompt, to `n` train-split queries per bake drawn as its training queries are (other seeds), as the
+    query's and the answer's token ids (the executor's results included, as the model read them)."""
+    cfg = settings.baking
+    runtime = Runtime.open(folder, model, tok, scratch_agent(scratch, settings), session=f"traffic-{uuid.uuid4().hex[:8]}")
+    out = []
+    for i, b in enumerate(cfg.order):
+        seed = cfg.seed + TRAFFIC_SEED + i
+        queries = training_queries(b, n, cfg.other_share, settings.eval.shots, seed, tuple(cfg.persona.train_turns),
+                                   getattr(cfg.chat_share, b, 0.0))
+        with autocast(model.device, cfg.decode_precision, model):
+            trajs = sample(model, tok, runtime, "", queries, cfg.temperature, cfg.max_new_tokens, seed,
+                           session=f"traffic-{b}")
+        out += [t.student_ids()[0] for t in trajs]
+    return out
+
+
 SPEC = StageSpec(
     name="baking",
     version=VERSION,
@@ -237,6 +256,7 @@ SPEC = StageSpec(
     build=build,
     settings=BakingSettings,
     agent_probe=agent_probe,
+    traffic=traffic,
     description="Prompt Baking of tool use, memory, automatic retrieval and a self-guided persona (KL to the "
                 "prompted model, LoRA or ternary latents under STE).",
 )

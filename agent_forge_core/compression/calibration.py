@@ -1,8 +1,12 @@
 """Calibration statistics for Hessian-aware codecs: H = XᵀX / n for the input X of every linear layer.
 
 X are the layer's inputs while the model reads held-in natural text (the train split, never the
-evaluation's validation/test text), as GPTQ and VPTQ collect them (VPTQ §3.1). Forward pre-hooks add
-each batch's XᵀX in float64; nothing else of the activations is kept.
+evaluation's validation/test text), as GPTQ and VPTQ collect them (VPTQ §3.1), and, for an agent, its own
+traffic (`traffic`: token sequences of what it reads and writes with its runtime, from the stages that gave it
+those capabilities). GPTQ minimises ‖(W − Ŵ)X‖² over the calibration inputs only, so directions the text never
+excites are free to move: calibrated on text alone, the quick chain's final agent read memory on 1/8 recall
+questions where baking's output read on 6/8; with its traffic added, 6/8. Forward pre-hooks add each sequence's XᵀX in float64;
+nothing else of the activations is kept.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from ..training.sft_data import text_sequences
 
 @torch.no_grad()
 def linear_hessians(model, tokenizer, names: list[str], tokens: int, seq_len: int, seed: int = 0,
-                    device: str = "cpu") -> dict[str, torch.Tensor]:
-    """{module name: H (in × in), float32} for the nn.Linear modules `names` (module names, no `.weight`)."""
+                    device: str = "cpu", traffic: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """{module name: H (in × in), float32} for the nn.Linear modules `names` (module names, no `.weight`), over
+    `tokens` of text in `seq_len` windows and every sequence of `traffic` (each token counts once)."""
     modules = dict(model.named_modules())
     sums = {n: torch.zeros(modules[n].in_features, modules[n].in_features, dtype=torch.float64) for n in names}
     counts = dict.fromkeys(names, 0)
@@ -28,8 +33,8 @@ def linear_hessians(model, tokenizer, names: list[str], tokens: int, seq_len: in
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
-        n_seq = max(1, tokens // seq_len)
-        for ids, _ in text_sequences(tokenizer, seq_len, n_seq, seed):
+        text = [ids for ids, _ in text_sequences(tokenizer, seq_len, max(1, tokens // seq_len), seed)] if tokens else []
+        for ids in [*text, *(traffic or [])]:
             model(input_ids=torch.tensor([ids], device=device))
     finally:
         for h in handles:

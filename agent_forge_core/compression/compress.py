@@ -2,8 +2,8 @@
 
 1. Plan: each tensor's rule (`plan.match`); the tied head is not stored twice; BitNet ternary layers
    keep their packed codes (`ternary` passthrough).
-2. Calibrate: Hessians H = XᵀX of every linear's inputs on held-in text, when a chosen codec uses them
-   (VPTQ, GPTQ) or `auto` scores with them.
+2. Calibrate: Hessians H = XᵀX of every linear's inputs on held-in text and the agent's own traffic, when a
+   chosen codec uses them (VPTQ, GPTQ) or `auto` scores with them.
 3. Encode: fixed-codec tensors once; `auto` tensors once per candidate, then one plan for the whole model
    (`plan.select_auto`: the cheapest that meets `target_bpw` within `error_budget`; with `target_bpw: auto`
    the smallest target whose gates pass, `target_search.py`, each plan judged by the caller's `judge`).
@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -39,6 +39,8 @@ from .target_search import Probe, smallest_passing
 KEEP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # state dict of a candidate model (every coded tensor decoded, kept ones as stored) -> its verdict
 Judge = Callable[[dict[str, torch.Tensor]], Probe]
+# (the input model, its tokenizer) -> token sequences of the agent's own traffic (`calibration.py`)
+Traffic = Callable[[Any, Any], list[list[int]]]
 
 
 def numel(shape) -> int:
@@ -90,8 +92,10 @@ def _plan(ckpt: LazyCheckpoint, cfg: CompressionSettings, ternary: dict, tied: b
     return names, choices
 
 
-def _calibrate(src: Path, choices: dict[str, Choice], cfg: CompressionSettings, device: str, progress, log) -> dict:
-    """H = XᵀX per linear whose codec (or `auto`) uses a Hessian; {} when none does or calibration is off."""
+def _calibrate(src: Path, choices: dict[str, Choice], cfg: CompressionSettings, device: str, progress, log,
+               traffic: Traffic | None) -> tuple[dict, dict]:
+    """H = XᵀX per linear whose codec (or `auto`) uses a Hessian ({} when none does or calibration is off), and
+    what it was computed on."""
     def wants_h(choice: Choice) -> bool:
         if choice.codec == "auto":
             return True
@@ -99,29 +103,37 @@ def _calibrate(src: Path, choices: dict[str, Choice], cfg: CompressionSettings, 
 
     linear = [n.removesuffix(".weight") for n, c in choices.items() if n.endswith(".weight") and wants_h(c)]
     if not linear or not cfg.calibration_tokens:
-        return {}
+        return {}, {}
     t0 = time.time()
     model, tok = load_model(str(src), device=device)
     modules = dict(model.named_modules())
     linear = [n for n in linear if isinstance(modules.get(n), torch.nn.Linear)]
-    progress(0.0, f"compression: calibrating {len(linear)} linears")
-    hessians = linear_hessians(model, tok, linear, cfg.calibration_tokens, cfg.calibration_len, cfg.seed, device)
-    log.info("compression: Hessians of %d linears from %d tokens in %.1fs", len(hessians), cfg.calibration_tokens,
-             time.time() - t0)
-    return hessians
+    progress(0.0, "compression: the agent's traffic" if traffic else f"compression: calibrating {len(linear)} linears")
+    seqs = traffic(model, tok) if traffic else []
+    traffic_s = time.time() - t0
+    progress(0.02, f"compression: calibrating {len(linear)} linears")
+    hessians = linear_hessians(model, tok, linear, cfg.calibration_tokens, cfg.calibration_len, cfg.seed, device,
+                               traffic=seqs)
+    data = {"text_tokens": max(1, cfg.calibration_tokens // cfg.calibration_len) * cfg.calibration_len,
+            "traffic_sequences": len(seqs), "traffic_tokens": sum(map(len, seqs)), "traffic_s": round(traffic_s, 1),
+            "seconds": round(time.time() - t0, 1)}
+    log.info("compression: Hessians of %d linears from %d text tokens and %d of the agent's traffic (%d sequences) "
+             "in %.1fs", len(hessians), data["text_tokens"], data["traffic_tokens"], len(seqs), data["seconds"])
+    return hessians, data
 
 
 def compress_checkpoint(src: Path, cfg: CompressionSettings, out: Path, device: str = "cpu",
                         progress: Callable[[float, str], None] = lambda f, m: None,
                         log: logging.Logger | logging.LoggerAdapter = logging.getLogger("agent_forge"),
-                        source_key: str = "", judge: Judge | None = None) -> dict:
+                        source_key: str = "", judge: Judge | None = None, traffic: Traffic | None = None) -> dict:
     """Write the compressed artifact of checkpoint folder `src` to `out`; returns the manifest info.
-    `judge` evaluates candidate plans for `target_bpw: auto` (on the validation split)."""
+    `judge` evaluates candidate plans for `target_bpw: auto` (on the validation split); `traffic` gives the agent's
+    own token sequences, calibrated on beside the text."""
     ckpt = LazyCheckpoint(src)
     ternary = ternary_layers(src)
     tied = bool(json.loads((src / "config.json").read_text()).get("tie_word_embeddings", False))
     names, choices = _plan(ckpt, cfg, ternary, tied)
-    hessians = _calibrate(src, choices, cfg, device, progress, log)
+    hessians, calibration = _calibrate(src, choices, cfg, device, progress, log, traffic)
     candidates = [(c.codec, c.params) for c in cfg.auto_candidates]
 
     payload = _Payload()
@@ -167,7 +179,7 @@ def compress_checkpoint(src: Path, cfg: CompressionSettings, out: Path, device: 
     info = {"bits_per_weight": totals["bits_per_weight"], "coded_bits_per_weight": totals["coded_bits_per_weight"],
             "by_codec": totals["by_codec"], "payload_bytes": totals["payload_bytes"], **size,
             "auto_choices": dict(Counter(picked.values())), "encode_seconds": dict(encode_s),
-            "decode_seconds": decode_s, "hessians": len(hessians), **search}
+            "decode_seconds": decode_s, "hessians": len(hessians), "calibration": calibration, **search}
     if tuned is not None:
         info["finetune"] = tuned
     if search.get("curve"):

@@ -91,6 +91,13 @@ class CompressionSettings(StageSection):
     keep_dtype: Literal["float16", "float32"] = Field("float16", description="How kept tensors (norms...) are stored.")
     calibration_tokens: int = Field(4096, ge=0, description="Held-in text tokens for the Hessians (0: no Hessian).")
     calibration_len: int = Field(256, gt=8)
+    calibration_traffic: int = Field(
+        8, ge=0, description="Per capability a stage on the input's lineage gave the agent (`StageSpec.traffic`: "
+        "baking's tool, memory, retrieval and persona), the agent's own answers to this many train-split queries, "
+        "runtime in the loop, are calibrated on beside the text (0: text only). On the quick chain's experts "
+        "checkpoint at 8.0 bpw (8 probes): the final agent read memory on 1/8 recall questions calibrated on text "
+        "alone, 6/8 with 8 per bake (3,212 tokens beside 4,096 of text, 36 s), recall 0/8 -> 5/8; baking's output "
+        "had 6/8 and 4/8.")
     seed: int = 0
     # The last stage must keep what the others built: the task accuracies (absolute) and their NLLs, not only
     # perplexity (a 4.5 bpw plan kept perplexity x1.53 while recall fell 0.53 -> 0.03).

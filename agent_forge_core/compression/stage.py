@@ -9,6 +9,7 @@ codec/bits/error is in compression.json).
 """
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +22,7 @@ from ..experts.two_pass import has_experts
 from ..model_io import load_model
 from ..stages.contract import Built, StageContext, StageSpec
 from ..stages.evaluation import evaluate_built
-from .compress import Judge, compress_checkpoint
+from .compress import Judge, Traffic, compress_checkpoint
 from .settings import CompressionSettings
 from .target_search import Probe
 
@@ -46,12 +47,32 @@ def _judge(src: Path, cfg: CompressionSettings, ctx: StageContext, key: str) -> 
     return judge
 
 
+def agent_traffic(parent: str, src: Path, cfg: CompressionSettings, ctx: StageContext) -> Traffic | None:
+    """The agent's own traffic from every stage on the input's lineage that gave it a capability (`StageSpec.traffic`),
+    measured on the input `src`; None when there is none or `calibration_traffic` is 0."""
+    specs = [spec for m in ctx.store.lineage(parent) if (spec := ctx.stages(m.stage)) is not None and spec.traffic]
+    if not specs or not cfg.calibration_traffic:
+        return None
+
+    def traffic(model, tok) -> list[list[int]]:
+        scratch = ctx.work_dir / f"compression-traffic-{uuid.uuid4().hex[:8]}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            return [ids for spec in specs
+                    for ids in spec.traffic(model, tok, src, ctx.settings, scratch, cfg.calibration_traffic)]
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return traffic
+
+
 def build(inputs: list[str], cfg: CompressionSettings, ctx: StageContext, keys: dict[str, str]) -> Iterator[Built]:
     (parent,) = inputs
     src = ctx.store.get(parent)
     folder = ctx.work_dir / f"compression-{uuid.uuid4().hex}"
     judge = _judge(src, cfg, ctx, keys[""]) if cfg.target_bpw == "auto" else None
-    info = compress_checkpoint(src, cfg, folder, str(ctx.device), ctx.progress, ctx.log, parent, judge)
+    info = compress_checkpoint(src, cfg, folder, str(ctx.device), ctx.progress, ctx.log, parent, judge,
+                               agent_traffic(parent, src, cfg, ctx))
     model = tok = None  # evaluated as rebuilt from the artifact
     if has_experts(folder):  # the experts (carried from the input) now run on the re-encoded weights
         model, tok = load_model(str(folder), device=str(ctx.device))
@@ -74,7 +95,7 @@ def gate_advice(cfg: CompressionSettings, info: dict) -> str:
 
 SPEC = StageSpec(
     name="compression",
-    version=4,  # 4: experts carried are measured routed (NLLs too) by `evaluate_built`
+    version=5,  # 4: experts carried are measured routed (NLLs too) by `evaluate_built`; 5: the agent's traffic
     takes="one",
     build=build,
     settings=CompressionSettings,

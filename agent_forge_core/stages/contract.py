@@ -33,6 +33,10 @@ def no_progress(fraction: float, message: str) -> None:
     return None
 
 
+def no_stages(name: str) -> "StageSpec | None":
+    return None
+
+
 @dataclass
 class StageContext:
     settings: Any  # the run's ForgeSettings
@@ -44,6 +48,9 @@ class StageContext:
     # (job, runtime) -> Pool: how a stage's jobs run in parallel. Threads by default; the Prefect layer
     # supplies Prefect tasks or deployment runs on a work pool.
     fanout: FanoutFactory | None = None
+    # stage name -> its StageSpec (None where not built): how a stage reads another's hooks (`traffic`), since
+    # stages never import the registry. `make_context` supplies the registry's; the default knows none.
+    stages: Callable[[str], "StageSpec | None"] = no_stages
 
     def __post_init__(self) -> None:
         if self.fanout is None:
@@ -77,6 +84,8 @@ BuildFn = Callable[[list[str], Section, StageContext, dict[str, str]], Iterator[
 EvaluateFn = Callable[[Any, Any, Any, Path], dict[str, float]]
 # (model, tokenizer, checkpoint folder, the run's settings, scratch folder) -> {capability: value}
 AgentProbeFn = Callable[[Any, Any, Path, Any, Path], dict[str, float]]
+# (model, tokenizer, checkpoint folder, the run's settings, scratch folder, n) -> token sequences
+TrafficFn = Callable[[Any, Any, Path, Any, Path, int], list[list[int]]]
 
 
 def _single(section: Section) -> list[str]:
@@ -100,6 +109,9 @@ class StageSpec:
     # that still carries it: the final agent (`final_agent.py`). The stage records the same names, measured on
     # its own output, in its manifest's info["agent"].
     agent_probe: AgentProbeFn | None = None
+    # What the agent reads and writes in those capabilities, about `n` sequences per capability (the model's own
+    # answers with its runtime in the loop) on a later checkpoint that carries them: compression calibrates on it.
+    traffic: TrafficFn | None = None
     description: str = ""
 
 
