@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/experts_dispatch.py
 	$(BIN)/python bench/grokfast_toy.py
 	$(BIN)/python bench/experts_quick.py
+	$(BIN)/python bench/agent_calibration.py
 
 clean:
 	rm -rf .forge

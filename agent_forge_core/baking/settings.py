@@ -77,8 +77,8 @@ class BakingSettings(StageSection):
         "it); third or last at 2x steps with identity questions for all its other queries it holds. Persona last: "
         "baked before memory, the quick chain's persona was 0/8 at baking's output and 1/8 on the final agent (the "
         "memory bake overwrote it), and memory reads were lost at compression (1/8 on the final agent); persona last, "
-        "on the same loop output through experts and compression, the final agent named the persona 7/8, read "
-        "memory 7/8 with recall 4/8, and called tools as often (calculator 4/8, search 4/8; "
+        "on the same loop output through experts and compression (text-calibrated), the final agent named the "
+        "persona 7/8, read memory 7/8 with recall 4/8, and called tools as often (calculator 4/8, search 4/8; "
         "bench/results/baking_quick_persona_last_chain.json).")
     trajectories: int = Field(24, gt=0, description="Trajectories sampled from the prompted model per bake "
                               "(one query each, train splits only).")

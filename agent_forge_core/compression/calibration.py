@@ -4,9 +4,9 @@ X are the layer's inputs while the model reads held-in natural text (the train s
 evaluation's validation/test text), as GPTQ and VPTQ collect them (VPTQ §3.1), and, for an agent, its own
 traffic (`traffic`: token sequences of what it reads and writes with its runtime, from the stages that gave it
 those capabilities). GPTQ minimises ‖(W − Ŵ)X‖² over the calibration inputs only, so directions the text never
-excites are free to move: calibrated on text alone, the quick chain's final agent read memory on 1/8 recall
-questions where baking's output read on 6/8; with its traffic added, 6/8. Forward pre-hooks add each sequence's XᵀX in float64;
-nothing else of the activations is kept.
+excites are free to move: calibrated on text alone, a quick chain's final agent opened a memory read on 0.22
+of 32 recall questions where its uncompressed input read on 0.91; with its traffic added, 0.84. Forward
+pre-hooks add each sequence's XᵀX in float64; nothing else of the activations is kept.
 """
 from __future__ import annotations
 

@@ -109,8 +109,9 @@ def _calibrate(src: Path, choices: dict[str, Choice], cfg: CompressionSettings, 
     modules = dict(model.named_modules())
     linear = [n for n in linear if isinstance(modules.get(n), torch.nn.Linear)]
     progress(0.0, "compression: the agent's traffic" if traffic else f"compression: calibrating {len(linear)} linears")
+    t1 = time.time()
     seqs = traffic(model, tok) if traffic else []
-    traffic_s = time.time() - t0
+    traffic_s = time.time() - t1
     progress(0.02, f"compression: calibrating {len(linear)} linears")
     hessians = linear_hessians(model, tok, linear, cfg.calibration_tokens, cfg.calibration_len, cfg.seed, device,
                                traffic=seqs)
