@@ -377,6 +377,18 @@ def test_a_primary_only_probe_decodes_less_and_gives_the_same_primary(tiny_model
         assert sum(decoded) < n_full, b
 
 
+def test_a_calculator_call_computes_a_gold_step_only_with_an_expression():
+    from agent_forge_core.baking.probes import calc_call
+
+    target = " 7 * 2 = 14. 14 - 2 = 12. Answer: 12"
+    assert calc_call("7*2", "14", target) == (True, True)
+    assert calc_call("14 - 2", "12", target) == (True, True)
+    assert calc_call("14", "14", target) == (False, False)  # restates the step's result: computes nothing
+    assert calc_call("7*3", "21", target) == (True, False)
+    assert calc_call("12*(-2)", "-24", target) == (True, False)
+    assert calc_call("-3", "-3", target) == (False, False)
+
+
 def test_recovery_ratio():
     r = recovery({"a": 0.1, "b": 0.2}, {"a": 0.5, "b": 0.2}, {"a": 0.4, "b": 0.3})
     assert r["a"] == pytest.approx(0.75) and r["b"] is None

@@ -1,9 +1,11 @@
 """What each bake is measured by, on test splits, for one condition: a model, with or without the bake's
 prompt, answering with the runtime's tools in the loop (greedy).
 
-- tool: on arithmetic, the calculator call rate, call validity (the result is a number), the share of
-  calls that compute a gold worked step, accuracy with the executor; the false-call rate on recall and
-  instruction prompts.
+- tool: on arithmetic, the calculator call rate, call validity (the result is a number), the share of calls
+  that hold an expression (`call_expression`: an operator between two numbers; the quick chain's agents wrote
+  `<calc>14</calc>`, the step's result where its expression belongs, on about half their calls), the share
+  that compute a gold worked step (an expression whose result is one of the example's steps), accuracy with
+  the executor; the false-call rate on recall and instruction prompts.
 - memory: episode 1 shows records in an empty session (write rate); episode 2, a new context in the same
   session, asks for one (read rate, recall accuracy: chance about 1/90); the false-call rate on plain
   identity questions (any tool call).
@@ -31,6 +33,14 @@ from .queries import distractors, identity_questions, qa, recall_text, records, 
 from .trajectories import fresh_memory, in_session
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
+EXPRESSION = re.compile(r"\d\s*[-+*/]\s*\(?\s*-?\d")  # an operator between two numbers: the call computes something
+
+
+def calc_call(expression: str, result: str, target: str) -> tuple[bool, bool]:
+    """(the call holds an expression, it computes one of `target`'s worked steps `a op b = r`). A call that only
+    restates a number (`<calc>14</calc>`) computes nothing, whatever its result."""
+    holds = EXPRESSION.search(expression) is not None
+    return holds, holds and result in re.findall(r"= (-?\d+)", target)
 
 
 def _with(prompt: str, text: str) -> str:
@@ -82,13 +92,13 @@ def probe_tool(model, tok, runtime, prompt: str, n: int, seed: int, shots: int, 
     out = {"call_rate": _rate(any(c.tool == "calc" for c, _ in g.calls) for g in gens)}
     if primary_only:
         return out
-    # each calculator result, and whether it is one of the example's gold worked-step results
-    calc = [(r, r in re.findall(r"= (-?\d+)", ex.target)) for g, ex in zip(gens, exs) for c, r in g.calls
-            if c.tool == "calc"]
+    # each calculator result with its form: an expression, and one that computes a gold worked step
+    calc = [(r, *calc_call(c.args, r, ex.target)) for g, ex in zip(gens, exs) for c, r in g.calls if c.tool == "calc"]
     others = suite_queries(["recall", "instruction"], "test", n, shots, seed)
     false = answer_all(model, tok, runtime, [_with(prompt, q.text) for q in others], 24)
-    return {**out, "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _ in calc),
-            "call_gold_step": _rate(gold for _, gold in calc),
+    return {**out, "call_validity": _rate(NUMBER.fullmatch(r) is not None for r, _, _ in calc),
+            "call_expression": _rate(expr for _, expr, _ in calc),
+            "call_gold_step": _rate(gold for _, _, gold in calc),
             "accuracy": _rate(arith.check(strip_markup(g.text), ex) for g, ex in zip(gens, exs)),
             "false_call_rate": _rate(bool(g.calls) for g in false)}
 

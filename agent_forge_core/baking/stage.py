@@ -45,8 +45,8 @@ from .trajectories import sample
 
 # 3: the memory prompt's no-call demonstrations; 4: no identity questions in the tool bake; 5: trajectories
 # keep the generator's ids
-VERSION = 8  # 6: the runtime and prompts are sidecars (carried by later stages); 7: four tool demonstrations, anchor;
-# 8: the `output` probes (every bake after the last), the final agent's comparison
+VERSION = 9  # 6: the runtime and prompts are sidecars (carried by later stages); 7: four tool demonstrations, anchor;
+# 8: the `output` probes (every bake after the last), the final agent's comparison; 9: the tool probe's call form
 HISTORY_FILE = "baking_history.json"
 TRAFFIC_SEED = 2000  # the agent's traffic (`traffic`) draws other queries than its bakes' (seed + i)
 
