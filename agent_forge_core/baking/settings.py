@@ -57,7 +57,8 @@ class ChatShares(Section):
     calls the calculator on 0.56 of identity questions, so their trajectories would teach false calls. Memory gets
     only identity questions (its teacher answers them without calls); measured when memory was baked last, after the
     persona: at the end of the quick chain persona 5/8 vs 4/8 with 1/3 (within noise) and tool calls 4/8 vs 3/8,
-    while the memory probe's false calls stay high (0.75 vs 0.88). One section, so `--set baking.chat_share.memory=0.5` keeps the others."""
+    while the memory probe's false calls stay high (0.75 vs 0.88). One section, so
+    `--set baking.chat_share.memory=0.5` keeps the others."""
     tool: float = Field(0.0, ge=0, le=1)
     memory: float = Field(1.0, ge=0, le=1)
     retrieval: float = Field(1 / 3, ge=0, le=1)

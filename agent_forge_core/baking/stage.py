@@ -236,7 +236,8 @@ def traffic(model, tok, folder, settings, scratch, n: int) -> list[list[int]]:
     and no prompt, to `n` train-split queries per bake drawn as its training queries are (other seeds), as the
     query's and the answer's token ids (the executor's results included, as the model read them)."""
     cfg = settings.baking
-    runtime = Runtime.open(folder, model, tok, scratch_agent(scratch, settings), session=f"traffic-{uuid.uuid4().hex[:8]}")
+    runtime = Runtime.open(folder, model, tok, scratch_agent(scratch, settings),
+                           session=f"traffic-{uuid.uuid4().hex[:8]}")
     out = []
     for i, b in enumerate(cfg.order):
         seed = cfg.seed + TRAFFIC_SEED + i

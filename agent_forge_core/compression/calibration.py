@@ -33,7 +33,7 @@ def linear_hessians(model, tokenizer, names: list[str], tokens: int, seq_len: in
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
-        text = [ids for ids, _ in text_sequences(tokenizer, seq_len, max(1, tokens // seq_len), seed)] if tokens else []
+        text = [ids for ids, _ in text_sequences(tokenizer, seq_len, max(1, tokens // seq_len), seed)]
         for ids in [*text, *(traffic or [])]:
             model(input_ids=torch.tensor([ids], device=device))
     finally:
